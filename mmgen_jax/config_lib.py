@@ -1,0 +1,104 @@
+"""Helpers for configs written as Python: argument strings and validation.
+
+A config file exposes `get_config(arg)`; `arg` is the text after the colon in
+`--config=configs/vqvae.py:dataset=digits,quantizer=fsq`. `parse_arg` turns it into a typed,
+validated `ConfigDict` of variant choices so a typo fails immediately with the bad key named.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Mapping
+from typing import Any
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def _convert(text: str, default: Any) -> Any:
+    """Interpret `text` with the type of `default` (bools accept true/false/1/0)."""
+    if isinstance(default, bool):
+        lowered = text.lower()
+        if lowered in ("true", "1", "yes"):
+            return True
+        if lowered in ("false", "0", "no"):
+            return False
+        raise ValueError(f"expected a boolean, got {text!r}")
+    if isinstance(default, int):
+        return int(text)
+    if isinstance(default, float):
+        return float(text)
+    if isinstance(default, str) or default is None:
+        return text
+    return type(default)(ast.literal_eval(text))
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
+    """Parse `key=value,key=value` into a ConfigDict typed after `defaults`.
+
+    Unknown keys and unconvertible values raise ValueError naming them and the allowed keys.
+    A bare word without '=' is not accepted: every variant choice is named.
+    """
+    values = dict(defaults)
+    for item in filter(None, (part.strip() for part in (arg or "").split(","))):
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise ValueError(f"config argument {item!r} is not of the form key=value")
+        if key not in defaults:
+            raise ValueError(
+                f"unknown config argument {key!r}; allowed: {', '.join(sorted(defaults))}"
+            )
+        try:
+            values[key] = _convert(text, defaults[key])
+        except ValueError as err:
+            raise ValueError(f"config argument {key}={text!r}: {err}") from None
+    return ml_collections.ConfigDict(values)
+
+
+def require_choice(name: str, value: Any, choices: Mapping[str, Any] | tuple) -> None:
+    """Raise a clear ValueError if `value` is not one of `choices`."""
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not one of {', '.join(map(str, choices))}")
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Sections shared by every experiment: data, optimizer, training durations, mesh.
+
+    Experiment configs start from this, fill in `trainer` and their model sections, and lock the
+    result so a misspelt `--config.<key>` override fails instead of adding a new key.
+    """
+    config = ml_collections.ConfigDict()
+    config.trainer = ""
+    config.seed = 0
+    config.data = dict(
+        name="digits",
+        data_dir=config_dict.placeholder(str),  # unset: $TFDS_DATA_DIR or ~/tensorflow_datasets
+        image_size=config_dict.placeholder(int),  # square resize; unset keeps the native size
+        channels=config_dict.placeholder(int),  # convert to 1 or 3 channels; unset keeps them
+        train_split="train",
+        eval_split="validation",
+        test_split="test",
+        shuffle_buffer=10_000,
+    )
+    config.optimizer = dict(
+        learning_rate=1e-3,
+        warmup_steps=100,
+        end_learning_rate_factor=0.01,  # cosine decays to this fraction of the peak
+        b1=0.9,
+        b2=0.99,
+        weight_decay=1e-4,
+        grad_clip_norm=1.0,
+    )
+    config.training = dict(
+        global_batch_size=128,
+        total_steps=1000,
+        log_every=50,
+        eval_every=500,
+        checkpoint_every=500,
+        keep_checkpoints=2,
+        ema_decay=0.999,  # EMA of the parameters, used for evaluation
+        num_visualize=32,  # examples in the image grids written at each evaluation
+    )
+    # Device mesh: -1 fills the axis with the remaining devices.
+    config.mesh = dict(data=-1, fsdp=1)
+    return config

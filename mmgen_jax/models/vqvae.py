@@ -1,0 +1,150 @@
+"""N-d VQ-VAE: convolutional encoder -> quantizer -> convolutional decoder.
+
+The same modules compress audio `[B, T, C]`, images `[B, H, W, C]` and video `[B, T, H, W, C]`:
+convolutions take their rank from the input, and downsampling strides may differ per axis (e.g.
+`(1, 2, 2)` keeps the frame rate of a video while halving its resolution).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+from mmgen_jax.models.layers import ResBlock, check_divisible, conv, spatial_ndim
+from mmgen_jax.models.quantizers import QuantizerOutput
+
+Stride = int | Sequence[int]
+
+
+def _axis_strides(stride: Stride, ndim: int) -> tuple[int, ...]:
+    if isinstance(stride, int):
+        return (stride,) * ndim
+    if len(stride) != ndim:
+        raise ValueError(f"stride {tuple(stride)} has {len(stride)} axes, the input has {ndim}")
+    return tuple(int(s) for s in stride)
+
+
+def total_downsampling(strides: Sequence[Stride], ndim: int) -> tuple[int, ...]:
+    """Per-axis product of the level strides: how much smaller the latent grid is."""
+    factor = np.ones(ndim, dtype=int)
+    for stride in strides:
+        factor *= np.asarray(_axis_strides(stride, ndim))
+    return tuple(int(f) for f in factor)
+
+
+class Encoder(nn.Module):
+    """Conv stem, residual stages separated by strided convs, projection to `latent_dim`.
+
+    Attributes:
+      channels: width of each stage; stage i+1 follows a downsampling by `strides[i]`.
+      strides: one stride per transition (len(channels) - 1 entries), an int or per-axis tuple.
+      num_res_blocks: residual blocks per stage.
+      latent_dim: channels of the output (the quantizer's input).
+    """
+
+    channels: Sequence[int]
+    strides: Sequence[Stride]
+    num_res_blocks: int
+    latent_dim: int
+    num_groups: int = 8
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:  # [B, *S, C] -> [B, *S/f, latent_dim]
+        ndim = spatial_ndim(x)
+        h = conv(self.channels[0], ndim, dtype=self.dtype, name="stem")(x.astype(self.dtype))
+        for level, width in enumerate(self.channels):
+            for _ in range(self.num_res_blocks):
+                h = ResBlock(width, self.num_groups, self.dtype)(h)
+            if level < len(self.strides):
+                stride = _axis_strides(self.strides[level], ndim)
+                h = nn.Conv(
+                    self.channels[level + 1],
+                    kernel_size=tuple(max(3, s) for s in stride),
+                    strides=stride,
+                    padding="SAME",
+                    dtype=self.dtype,
+                    name=f"down_{level}",
+                )(h)
+        h = nn.GroupNorm(num_groups=min(self.num_groups, h.shape[-1]), dtype=self.dtype)(h)
+        return conv(self.latent_dim, ndim, kernel=1, dtype=self.dtype, name="to_latent")(
+            nn.swish(h)
+        )
+
+
+class Decoder(nn.Module):
+    """Mirror of `Encoder`: latent projection, residual stages with nearest upsampling + conv."""
+
+    channels: Sequence[int]  # the encoder's stage widths, in encoder order
+    strides: Sequence[Stride]  # the encoder's strides, in encoder order
+    num_res_blocks: int
+    out_channels: int
+    num_groups: int = 8
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, z: jnp.ndarray) -> jnp.ndarray:  # [B, *S/f, D] -> [B, *S, out_channels]
+        ndim = spatial_ndim(z)
+        h = conv(self.channels[-1], ndim, dtype=self.dtype, name="from_latent")(
+            z.astype(self.dtype)
+        )
+        for level in reversed(range(len(self.channels))):
+            for _ in range(self.num_res_blocks):
+                h = ResBlock(self.channels[level], self.num_groups, self.dtype)(h)
+            if level > 0:
+                stride = _axis_strides(self.strides[level - 1], ndim)
+                for axis, factor in enumerate(stride):
+                    h = jnp.repeat(h, factor, axis=axis + 1)
+                h = conv(self.channels[level - 1], ndim, dtype=self.dtype, name=f"up_{level}")(h)
+        h = nn.GroupNorm(num_groups=min(self.num_groups, h.shape[-1]), dtype=self.dtype)(h)
+        out = conv(self.out_channels, ndim, dtype=self.dtype, name="to_signal")(nn.swish(h))
+        return out.astype(jnp.float32)
+
+
+class VQVAE(nn.Module):
+    """Encoder -> quantizer -> decoder, with index-level encode/decode as public API.
+
+    Attributes:
+      encoder, decoder: the N-d conv networks (`Encoder`, `Decoder`).
+      quantizer: any quantizer from `mmgen_jax.models.quantizers` whose input width equals the
+        encoder's `latent_dim`.
+    """
+
+    encoder: Encoder
+    decoder: Decoder
+    quantizer: nn.Module
+
+    def check_input(self, x: jnp.ndarray) -> None:
+        """Raise a clear error if the signal's spatial shape cannot be downsampled evenly."""
+        ndim = spatial_ndim(x)
+        factors = total_downsampling(self.encoder.strides, ndim)
+        for size, factor in zip(x.shape[1:-1], factors, strict=True):
+            check_divisible((size,), factor, f"VQVAE input of shape {x.shape}")
+
+    def __call__(
+        self, x: jnp.ndarray, *, train: bool = False
+    ) -> tuple[jnp.ndarray, QuantizerOutput]:
+        """Reconstruct `x` [B, *S, C]; returns (reconstruction, quantizer output)."""
+        quantized = self.encode(x, train=train)
+        return self.decode(quantized.z_q), quantized
+
+    def encode(self, x: jnp.ndarray, *, train: bool = False) -> QuantizerOutput:
+        """Signal [B, *S, C] -> quantizer output on the latent grid [B, *S/f, D]."""
+        self.check_input(x)
+        return self.quantizer(self.encoder(x), train=train)
+
+    def encode_to_indices(self, x: jnp.ndarray) -> jnp.ndarray:
+        """Signal [B, *S, C] -> integer codes [B, *S/f]."""
+        return self.encode(x).indices
+
+    def decode(self, z_q: jnp.ndarray) -> jnp.ndarray:
+        """Quantized latents [B, *S/f, D] -> signal [B, *S, C]."""
+        return self.decoder(z_q)
+
+    def decode_indices(self, indices: jnp.ndarray) -> jnp.ndarray:
+        """Integer codes [B, *S/f] -> signal [B, *S, C]."""
+        return self.decoder(self.quantizer.indices_to_codes(indices))
