@@ -39,9 +39,13 @@ def check_same_model(saved: Mapping[str, list[int]], current: Mapping[str, list[
             f"{tuple(current[key])} in this config ({len(reshaped)} differ)"
         )
     if only_saved:
-        details.append(f"{len(only_saved)} parameters only in the checkpoint, e.g. {only_saved[0]!r}")
+        details.append(
+            f"{len(only_saved)} parameters only in the checkpoint, e.g. {only_saved[0]!r}"
+        )
     if only_current:
-        details.append(f"{len(only_current)} parameters only in this config, e.g. {only_current[0]!r}")
+        details.append(
+            f"{len(only_current)} parameters only in this config, e.g. {only_current[0]!r}"
+        )
     raise ValueError(
         f"the checkpoint in {where} was written by a different model: {'; '.join(details)}. "
         "Use a new --workdir or the config that wrote it."

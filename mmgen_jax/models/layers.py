@@ -7,7 +7,9 @@ dimensions is read from the input (`x.ndim - 2`), never assumed.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -34,13 +36,6 @@ def conv(
     )
 
 
-def upsample_nearest(x: jnp.ndarray, factor: int = 2) -> jnp.ndarray:
-    """Nearest-neighbour upsampling of every spatial axis by `factor`: [B, *S, C] -> [B, *S*f, C]."""
-    for axis in range(1, x.ndim - 1):
-        x = jnp.repeat(x, factor, axis=axis)
-    return x
-
-
 class ResBlock(nn.Module):
     """Pre-activation residual block: GroupNorm -> swish -> conv, twice, plus a (projected) skip.
 
@@ -55,13 +50,18 @@ class ResBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:  # [B, *S, C_in] -> [B, *S, features]
         ndim = spatial_ndim(x)
-        h = nn.GroupNorm(num_groups=min(self.num_groups, x.shape[-1]), dtype=self.dtype)(x)
+        h = group_norm(x.shape[-1], self.num_groups, self.dtype)(x)
         h = conv(self.features, ndim, dtype=self.dtype)(nn.swish(h))
-        h = nn.GroupNorm(num_groups=min(self.num_groups, self.features), dtype=self.dtype)(h)
+        h = group_norm(self.features, self.num_groups, self.dtype)(h)
         h = conv(self.features, ndim, dtype=self.dtype)(nn.swish(h))
         if x.shape[-1] != self.features:
             x = conv(self.features, ndim, kernel=1, dtype=self.dtype, name="skip")(x)
         return x + h
+
+
+def group_norm(channels: int, num_groups: int, dtype: Any) -> nn.GroupNorm:
+    """GroupNorm with the largest group count <= `num_groups` that divides `channels`."""
+    return nn.GroupNorm(num_groups=math.gcd(num_groups, channels), dtype=dtype)
 
 
 def check_divisible(shape: Sequence[int], factor: int, what: str) -> None:

@@ -132,7 +132,9 @@ class VectorQuantizer(nn.Module):
             self.codebook_param = self.param("codebook", self._codebook_init, shape)
         if self.restart_after_steps > 0:
             self.steps_since_used = self.variable(
-                STATE_COLLECTION, "steps_since_used", lambda: jnp.zeros((self.num_codes,), jnp.int32)
+                STATE_COLLECTION,
+                "steps_since_used",
+                lambda: jnp.zeros((self.num_codes,), jnp.int32),
             )
             if not self.use_ema:
                 self.restart_mask = self.variable(
@@ -218,9 +220,7 @@ class VectorQuantizer(nn.Module):
             # As in Jukebox: a restarted code starts with count 1 and sum = its new vector.
             self.cluster_size.value = jnp.where(dead, 1.0, self.cluster_size.value)
             self.embed_sum.value = jnp.where(dead[:, None], replacement, self.embed_sum.value)
-            self.codebook_var.value = jnp.where(
-                dead[:, None], replacement, self.codebook_var.value
-            )
+            self.codebook_var.value = jnp.where(dead[:, None], replacement, self.codebook_var.value)
         else:
             self.restart_mask.value = dead
             self.restart_vectors.value = replacement
@@ -281,12 +281,17 @@ class FSQ(nn.Module):
         return jnp.asarray(np.concatenate([[1], np.cumprod(self.levels[:-1])]), jnp.int32)
 
     def bound(self, z: jnp.ndarray) -> jnp.ndarray:
-        """Squash channel i to an interval whose rounding gives exactly levels[i] integers."""
+        """Squash channel i to an interval whose rounding gives exactly levels[i] integers.
+
+        Even level counts use a half-step offset. The shift is `tan(offset / half_l)` exactly as
+        in the paper's reference code (appendix A.1); `arctanh` would centre slightly better
+        but is undefined for a level count of 2.
+        """
         eps = 1e-3
         levels = self._levels()
         half_l = (levels - 1) * (1 - eps) / 2
         offset = jnp.where(levels % 2 == 1, 0.0, 0.5)
-        shift = jnp.arctanh(offset / half_l)
+        shift = jnp.tan(offset / half_l)
         return jnp.tanh(z + shift) * half_l - offset
 
     def quantize(self, z: jnp.ndarray) -> jnp.ndarray:

@@ -1,0 +1,9 @@
+"""Offline TFDS builders that ship with the project.
+
+Importing this package registers every builder with TFDS by its snake-case class name, so
+`tfds.builder('digits', data_dir=...)` finds it. A new builder module must be imported here.
+"""
+
+from mmgen_jax.data.builders import digits, image_folder
+
+__all__ = ["digits", "image_folder"]

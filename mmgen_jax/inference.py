@@ -1,0 +1,59 @@
+"""Load a trained run from its workdir: the resolved config and the restored variables.
+
+Tools (compression, sampling, a generator's frozen tokenizer) use this instead of re-running
+the trainer: it reads `<workdir>/config.json`, rebuilds the objective and restores the newest
+checkpoint onto the current devices.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import ml_collections
+
+from mmgen_jax import checkpoint as checkpoint_lib
+from mmgen_jax import sharding as sharding_lib
+from mmgen_jax import trainers
+from mmgen_jax.data import pipeline
+from mmgen_jax.trainers import loop
+from mmgen_jax.trainers.state import make_optimizer
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config a run was trained with (`<workdir>/config.json`)."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"{path} does not exist: {workdir!r} is not a trained mmgen_jax workdir"
+        )
+    with open(path) as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
+def load_trained(workdir: str, *, use_ema: bool | None = None) -> tuple[Any, Any, dict, Any]:
+    """Restore the newest checkpoint of `workdir`.
+
+    Returns (config, objective, variables, info): `variables` is {'params': ..., **model_state}
+    ready for `objective.model.apply`, with the EMA parameters when the run kept them (or as
+    `use_ema` says); `info` is the dataset info the model was built for.
+    """
+    config = load_config(workdir)
+    checkpointer = checkpoint_lib.Checkpointer(
+        os.path.join(workdir, "checkpoints"), async_save=False
+    )
+    step = checkpointer.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"no complete checkpoint under {checkpointer.directory}")
+    info = pipeline.dataset_info(config.data)
+    objective = trainers.get_objective_factory(config.trainer)(config, info)
+    tx, _ = make_optimizer(config.optimizer, config.training.total_steps)
+    mesh = sharding_lib.make_mesh(data=-1, fsdp=1)
+    _, abstract, shardings = loop.abstract_state(config, objective, tx, info, mesh)
+    state, _ = checkpointer.restore(step, checkpoint_lib.abstract_like(abstract, shardings))
+    checkpointer.close()
+    if use_ema is None:
+        use_ema = config.training.ema_decay > 0
+    variables = {"params": state.eval_params(use_ema), **state.model_state}
+    return config, objective, variables, info

@@ -1,0 +1,58 @@
+"""Entry point: `python -m mmgen_jax.main --config=configs/<file>.py[:args] --workdir=DIR`.
+
+Overrides: `--config.training.total_steps=100`. Re-running the same command on the same workdir
+resumes from the newest checkpoint. On several hosts pass `--distributed` (or set
+MMGEN_DISTRIBUTED=1) so every process joins the same JAX runtime before anything else runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import jax
+from absl import app, flags
+from absl import logging as absl_logging
+from ml_collections import config_flags
+
+from mmgen_jax import trainers
+from mmgen_jax.trainers import loop
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file.", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and images.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed",
+    os.environ.get("MMGEN_DISTRIBUTED", "") == "1",
+    "Call jax.distributed.initialize() (multi-host TPU/GPU runs).",
+)
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _configure_logging() -> None:
+    """INFO for this package; WARNING for libraries (Orbax, TFDS) unless --verbosity is given."""
+    if not flags.FLAGS["verbosity"].present:
+        absl_logging.set_verbosity(absl_logging.WARNING)
+    logging.getLogger("mmgen_jax").setLevel(logging.INFO)
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if _DISTRIBUTED.value:
+        jax.distributed.initialize()
+    _configure_logging()
+    logging.getLogger("mmgen_jax").info(
+        "process %d/%d, %d local / %d global devices",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+    )
+    config = _CONFIG.value
+    loop.train_and_evaluate(config, _WORKDIR.value, trainers.get_objective_factory(config.trainer))
+
+
+if __name__ == "__main__":
+    app.run(main)

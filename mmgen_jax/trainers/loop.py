@@ -1,0 +1,270 @@
+"""The training loop shared by every model family.
+
+init -> shard -> restore -> (train step, log, evaluate, checkpoint)* -> final test evaluation.
+
+The loop is model-agnostic: an `Objective` (see `objective.py`) supplies the model-specific
+parts. Everything runs on global `jax.Array`s under one `('data', 'fsdp')` mesh; the step is
+`jax.jit` with explicit shardings and a donated state. Randomness for step s is
+`fold_in(state.rng, s)`, drawn inside jit at the global batch shape, so a run gives the same
+numbers on 1 device, 8 devices or several hosts.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from mmgen_jax import checkpoint as checkpoint_lib
+from mmgen_jax import sharding as sharding_lib
+from mmgen_jax.data import pipeline
+from mmgen_jax.metrics import MetricWriter, Progress
+from mmgen_jax.trainers.objective import Batch, Objective
+from mmgen_jax.trainers.state import TrainState, create_train_state, make_optimizer
+
+logger = logging.getLogger(__name__)
+
+ObjectiveFactory = Callable[[ml_collections.ConfigDict, dict[str, Any]], Objective]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised when the training loss becomes NaN or Inf."""
+
+
+def train_step(
+    state: TrainState,
+    batch: Batch,
+    *,
+    objective: Objective,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    ema_decay: float,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimizer update on one global batch (traced inside jit)."""
+    rng = jax.random.fold_in(state.rng, state.step)
+    grad_fn = jax.value_and_grad(objective.loss, has_aux=True)
+    (loss, (model_state, metrics)), grads = grad_fn(state.params, state.model_state, batch, rng)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    params = objective.post_update(params, model_state)
+    ema_params = optax.incremental_update(params, state.ema_params, step_size=1.0 - ema_decay)
+    metrics = dict(metrics, loss=loss)
+    metrics["grad_norm"] = optax.tree.norm(grads)
+    metrics["learning_rate"] = schedule(state.step)
+    new_state = state.replace(
+        step=state.step + 1,
+        params=params,
+        opt_state=opt_state,
+        ema_params=ema_params,
+        model_state=model_state,
+    )
+    return new_state, metrics
+
+
+def _example_batch(info: dict[str, Any]) -> Batch:
+    """A one-example batch with the dataset's shapes, for initialisation."""
+    return {
+        "image": jnp.zeros((1, *info["shape"]), jnp.float32),
+        "label": jnp.zeros((1,), jnp.int32),
+    }
+
+
+def init_fn(objective: Objective, tx, info: dict[str, Any]):
+    def init(rng: jax.Array) -> TrainState:
+        init_rng, state_rng = jax.random.split(rng)
+        variables = dict(objective.init_variables(init_rng, _example_batch(info)))
+        params = variables.pop("params")
+        return create_train_state(params, variables, tx, state_rng)
+
+    return init
+
+
+def abstract_state(
+    config: ml_collections.ConfigDict,
+    objective: Objective,
+    tx: optax.GradientTransformation,
+    info: dict[str, Any],
+    mesh: jax.sharding.Mesh,
+) -> tuple[Callable, TrainState, Any]:
+    """(init function, abstract state, state shardings); validates model against data shapes."""
+    init = init_fn(objective, tx, info)
+    abstract = jax.eval_shape(init, jax.random.PRNGKey(config.seed))
+    shardings = sharding_lib.state_shardings(abstract, mesh, config.get("sharding_rules", ()))
+    return init, abstract, shardings
+
+
+def initialize_or_restore(
+    config: ml_collections.ConfigDict,
+    init: Callable,
+    abstract: TrainState,
+    shardings: Any,
+    checkpointer: checkpoint_lib.Checkpointer,
+) -> TrainState:
+    """The newest checkpoint if there is one, else a freshly initialised state."""
+    latest = checkpointer.latest_step()
+    if latest is not None:
+        logger.info("Resuming from %s step %d", checkpointer.directory, latest)
+        state, _ = checkpointer.restore(latest, checkpoint_lib.abstract_like(abstract, shardings))
+        return state
+    return jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(config.seed))
+
+
+def evaluate(
+    objective: Objective,
+    params: Any,
+    model_state: Any,
+    batches: Iterator[Batch],
+    eval_step: Callable,
+) -> tuple[dict[str, float], Batch]:
+    """Run `eval_step` over a whole split; (metrics from `objective.finalize_eval`, first batch)."""
+    sums, first = None, None
+    for batch in batches:
+        out = eval_step(params, model_state, batch)
+        sums, first = (out, batch) if sums is None else (jax.tree.map(jnp.add, sums, out), first)
+    if sums is None:
+        raise ValueError("the evaluation split is empty")
+    metrics = objective.finalize_eval(jax.tree.map(np.asarray, jax.device_get(sums)))
+    return metrics, first
+
+
+class _Run:
+    """The mutable bookkeeping of one training run: writer, progress, pending metrics."""
+
+    def __init__(self, config, workdir: str, start_step: int):
+        self.config = config
+        self.workdir = workdir
+        self.writer = MetricWriter(workdir)
+        self.progress = Progress(config.training.total_steps, start_step)
+        self.pending: list[tuple[int, dict[str, jax.Array]]] = []
+
+    def check_finite(self) -> None:
+        """Raise NonFiniteLossError naming the first pending step whose loss is NaN or Inf."""
+        losses = jax.device_get([(step, metrics["loss"]) for step, metrics in self.pending])
+        for step, loss in losses:
+            if not np.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"training loss is {float(loss)} at step {step}; stopping. "
+                    "Lower optimizer.learning_rate or check the data."
+                )
+
+    def flush_train_metrics(self) -> None:
+        """Write the mean metrics of the steps since the last flush; stop on a non-finite loss."""
+        if not self.pending:
+            return
+        self.check_finite()
+        fetched = jax.device_get(self.pending)
+        self.pending = []
+        last_step = fetched[-1][0]
+        means = {k: float(np.mean([m[k] for _, m in fetched])) for k in fetched[-1][1]}
+        if self.progress.steps_per_second is not None:
+            means["steps_per_second"] = self.progress.steps_per_second
+        self.writer.write_scalars(last_step, "train", means)
+        self.progress.update(last_step, loss=means["loss"])
+
+
+def _save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+    if jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def _evaluate_split(run: _Run, objective, state, split: str, eval_step, mesh) -> None:
+    """Evaluate on `split` ('eval' = validation, 'test'), log metrics and write images."""
+    config = run.config
+    params = state.eval_params(config.training.ema_decay > 0)
+    batches = pipeline.make_eval_iterator(
+        config.data,
+        config.data.get(f"{split}_split"),
+        global_batch_size=config.training.global_batch_size,
+        sharding=sharding_lib.batch_sharding(mesh),
+    )
+    step = int(state.step)
+    metrics, first = evaluate(objective, params, state.model_state, batches, eval_step)
+    run.writer.write_scalars(step, split, metrics)
+    logger.info("step %d %s: %s", step, split, json.dumps(metrics, sort_keys=True))
+    for name, image in objective.visualize(params, state.model_state, first).items():
+        run.writer.write_images(step, f"{split}/{name}", image)
+    run.writer.flush()
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, make_objective: ObjectiveFactory
+) -> TrainState:
+    """Train (or resume) the run in `workdir` to `config.training.total_steps`; return the state.
+
+    Every check that can fail on bad input (mesh, batch size, dataset, model vs data shape,
+    checkpoint from another model) runs before the first step.
+    """
+    training = config.training
+    mesh = sharding_lib.make_mesh(**config.mesh)
+    sharding_lib.check_batch_size(training.global_batch_size, mesh)
+    info = pipeline.dataset_info(config.data)
+    objective = make_objective(config, info)
+    tx, schedule = make_optimizer(config.optimizer, training.total_steps)
+    with jax.set_mesh(mesh):
+        init, abstract, shardings = abstract_state(config, objective, tx, info, mesh)
+        checkpointer = checkpoint_lib.Checkpointer(
+            os.path.join(workdir, "checkpoints"), max_to_keep=training.keep_checkpoints
+        )
+        try:
+            state = initialize_or_restore(config, init, abstract, shardings, checkpointer)
+            _save_config(config, workdir)
+            step_fn = jax.jit(
+                functools.partial(
+                    train_step,
+                    objective=objective,
+                    tx=tx,
+                    schedule=schedule,
+                    ema_decay=training.ema_decay,
+                ),
+                in_shardings=(shardings, sharding_lib.batch_sharding(mesh)),
+                out_shardings=(shardings, sharding_lib.replicated(mesh)),
+                donate_argnums=0,
+            )
+            state = _train_loop(config, workdir, objective, step_fn, state, mesh, checkpointer)
+        finally:
+            checkpointer.close()  # never leave a save half-written on the way out
+    return state
+
+
+def _train_loop(config, workdir, objective, step_fn, state, mesh, checkpointer) -> TrainState:
+    """Steps from the state's step to total_steps, with logging, evaluation and checkpoints."""
+    training = config.training
+    eval_step = jax.jit(objective.eval_step)
+    start = int(state.step)
+    run = _Run(config, workdir, start)
+    batches = pipeline.make_train_iterator(
+        config.data,
+        global_batch_size=training.global_batch_size,
+        sharding=sharding_lib.batch_sharding(mesh),
+        seed=config.seed,
+        start_step=start,
+    )
+    for step in range(start + 1, training.total_steps + 1):
+        state, metrics = step_fn(state, next(batches))
+        run.pending.append((step, metrics))
+        is_last = step == training.total_steps
+        if step % training.log_every == 0 or is_last:
+            run.flush_train_metrics()  # also updates the progress display with the loss
+        else:
+            run.progress.update(step)
+        if step % training.checkpoint_every == 0 or is_last:
+            run.check_finite()  # never checkpoint a state that went non-finite
+            checkpointer.save(step, state)
+        if step % training.eval_every == 0 and not is_last:
+            _evaluate_split(run, objective, state, "eval", eval_step, mesh)
+    run.progress.close()
+    _evaluate_split(run, objective, state, "eval", eval_step, mesh)
+    _evaluate_split(run, objective, state, "test", eval_step, mesh)
+    run.writer.close()
+    return state

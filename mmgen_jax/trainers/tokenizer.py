@@ -1,0 +1,141 @@
+"""VQ-VAE tokenizer objective: reconstruction + quantizer losses, and reconstruction metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from mmgen_jax.metrics import code_histogram, codebook_metrics, psnr, side_by_side, ssim, to_uint8
+from mmgen_jax.models import quantizers
+from mmgen_jax.models.vqvae import VQVAE, Decoder, Encoder
+from mmgen_jax.trainers.objective import Batch
+
+# How many pixels wide the smallest image in a grid is drawn (8x8 digits -> 4x upscale).
+_MIN_VISUAL_SIZE = 32
+
+
+def build_quantizer(config: ml_collections.ConfigDict, input_dim: int):
+    """The quantizer named by `config.type` ('vq' or 'fsq') with explicit arguments."""
+    if config.type == "vq":
+        return quantizers.VectorQuantizer(
+            num_codes=config.num_codes,
+            code_dim=config.code_dim,
+            beta=config.beta,
+            use_ema=config.use_ema,
+            ema_decay=config.ema_decay,
+            ema_epsilon=config.ema_epsilon,
+            cosine=config.cosine,
+            restart_after_steps=config.restart_after_steps,
+            input_dim=input_dim,
+        )
+    if config.type == "fsq":
+        return quantizers.FSQ(levels=tuple(config.levels), input_dim=input_dim)
+    raise ValueError(f"quantizer.type={config.type!r} is not one of 'vq', 'fsq'")
+
+
+def build_vqvae(config: ml_collections.ConfigDict, out_channels: int) -> VQVAE:
+    """A VQVAE from the `model` and `quantizer` sections of a config."""
+    model = config.model
+    channels, strides = tuple(model.channels), tuple(model.strides)
+    if len(strides) != len(channels) - 1:
+        raise ValueError(
+            f"model.strides={strides} needs len(model.channels) - 1 = {len(channels) - 1} entries"
+        )
+    encoder = Encoder(channels, strides, model.num_res_blocks, model.latent_dim, model.num_groups)
+    decoder = Decoder(channels, strides, model.num_res_blocks, out_channels, model.num_groups)
+    return VQVAE(encoder, decoder, build_quantizer(config.quantizer, model.latent_dim))
+
+
+def num_codes(config: ml_collections.ConfigDict) -> int:
+    if config.quantizer.type == "fsq":
+        return int(np.prod(config.quantizer.levels))
+    return int(config.quantizer.num_codes)
+
+
+class TokenizerObjective:
+    """Trains a VQVAE on `batch['image']` (any rank, channels-last, values in [-1, 1])."""
+
+    def __init__(self, config: ml_collections.ConfigDict, info: dict[str, Any]):
+        self.shape = tuple(info["shape"])
+        self.model = build_vqvae(config, out_channels=self.shape[-1])
+        self.num_codes = num_codes(config)
+        self.num_visualize = config.training.num_visualize
+
+    def init_variables(self, rng: jax.Array, batch: Batch) -> dict[str, Any]:
+        return self.model.init({"params": rng}, batch["image"])
+
+    def _apply(self, params, model_state, x, *, train: bool, rng: jax.Array | None = None):
+        variables = {"params": params, **model_state}
+        if not train:
+            return self.model.apply(variables, x), model_state
+        rngs = {quantizers.RNG_STREAM: rng}
+        (recon, quantized), new_state = self.model.apply(
+            variables, x, train=True, rngs=rngs, mutable=list(model_state)
+        )
+        return (recon, quantized), dict(new_state)
+
+    def loss(self, params, model_state, batch: Batch, rng: jax.Array):
+        x = batch["image"]
+        (recon, quantized), new_state = self._apply(params, model_state, x, train=True, rng=rng)
+        reconstruction = jnp.mean((recon - x) ** 2)
+        loss = reconstruction + quantized.loss
+        metrics = {"reconstruction_mse": reconstruction, "quantizer_loss": quantized.loss}
+        metrics.update(quantized.stats)
+        return loss, (new_state, metrics)
+
+    def post_update(self, params, model_state):
+        return quantizers.apply_codebook_restarts(params, model_state)
+
+    def eval_step(self, params, model_state, batch: Batch) -> dict[str, jax.Array]:
+        x, mask = batch["image"], batch["mask"]
+        (recon, quantized), _ = self._apply(params, model_state, x, train=False)
+        # Metrics on [0, 1] images, clipped as a viewer would show them.
+        x01 = (x + 1.0) / 2.0
+        recon01 = jnp.clip((recon + 1.0) / 2.0, 0.0, 1.0)
+        per_example_mse = jnp.mean((recon01 - x01) ** 2, axis=tuple(range(1, x.ndim)))
+        sums = {
+            "count": jnp.sum(mask),
+            "mse": jnp.sum(per_example_mse * mask),
+            "psnr": jnp.sum(psnr(recon01, x01) * mask),
+            "code_counts": code_histogram(quantized.indices, self.num_codes, mask),
+        }
+        if x.ndim == 4:  # SSIM is defined for images
+            sums["ssim"] = jnp.sum(ssim(recon01, x01) * mask)
+        return sums
+
+    def finalize_eval(self, sums: dict[str, np.ndarray]) -> dict[str, float]:
+        count = float(sums["count"])
+        metrics = {
+            name: float(sums[name]) / count for name in ("mse", "psnr", "ssim") if name in sums
+        }
+        metrics.update(codebook_metrics(sums["code_counts"]))
+        latent_positions = int(np.prod(self.latent_shape))
+        metrics["bits_per_example"] = latent_positions * float(np.log2(self.num_codes))
+        return metrics
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        abstract = jax.eval_shape(
+            lambda x: self.model.init(jax.random.PRNGKey(0), x, method=VQVAE.encode_to_indices),
+            jnp.zeros((1, *self.shape)),
+        )
+        indices = jax.eval_shape(
+            lambda v, x: self.model.apply(v, x, method=VQVAE.encode_to_indices),
+            abstract,
+            jnp.zeros((1, *self.shape)),
+        )
+        return tuple(indices.shape[1:])
+
+    def visualize(self, params, model_state, batch: Batch) -> dict[str, np.ndarray]:
+        if len(self.shape) != 3:
+            return {}
+        x = batch["image"][: self.num_visualize]
+        recon, _ = self.model.apply({"params": params, **model_state}, x)
+        upscale = max(1, _MIN_VISUAL_SIZE // self.shape[0])
+        originals = to_uint8(np.asarray(jax.device_get(x)))
+        reconstructions = to_uint8(np.clip(np.asarray(jax.device_get(recon)), -1, 1))
+        return {"reconstructions": side_by_side(originals, reconstructions, upscale=upscale)}

@@ -1,0 +1,77 @@
+"""VQ-VAE shapes on 1-D, 2-D and 3-D signals, index round trips and input validation."""
+
+import jax
+import numpy as np
+import pytest
+
+from mmgen_jax.models import quantizers
+from mmgen_jax.models.layers import ResBlock
+from mmgen_jax.models.vqvae import VQVAE, Decoder, Encoder, total_downsampling
+
+
+def _model(quantizer, channels_out, strides=(2,)):
+    return VQVAE(
+        Encoder((8, 16), strides, 1, 12, num_groups=4),
+        Decoder((8, 16), strides, 1, channels_out, num_groups=4),
+        quantizer,
+    )
+
+
+QUANTIZERS = {
+    "vq": lambda: quantizers.VectorQuantizer(32, 4, input_dim=12, use_ema=True),
+    "vq_grad": lambda: quantizers.VectorQuantizer(32, 12),
+    "fsq": lambda: quantizers.FSQ((4, 4, 2), input_dim=12),
+}
+SIGNALS = {
+    "audio": ((2, 32, 1), (2, 16)),
+    "image": ((2, 8, 8, 3), (2, 4, 4)),
+    "video": ((2, 4, 8, 8, 1), (2, 2, 4, 4)),
+}
+
+
+@pytest.mark.parametrize("quantizer", sorted(QUANTIZERS))
+@pytest.mark.parametrize("signal", sorted(SIGNALS))
+def test_shapes_and_index_round_trip(quantizer, signal):
+    shape, index_shape = SIGNALS[signal]
+    model = _model(QUANTIZERS[quantizer](), shape[-1])
+    x = np.random.default_rng(0).uniform(-1, 1, size=shape).astype(np.float32)
+    variables = model.init({"params": jax.random.PRNGKey(0)}, x)
+    recon, out = model.apply(variables, x)
+    assert recon.shape == x.shape
+    assert out.indices.shape == index_shape
+    assert out.z_q.shape == (*index_shape, 12)
+    # Decoding the indices is the same as decoding the straight-through latents.
+    indices = model.apply(variables, x, method=VQVAE.encode_to_indices)
+    from_indices = model.apply(variables, indices, method=VQVAE.decode_indices)
+    np.testing.assert_allclose(np.asarray(from_indices), np.asarray(recon), rtol=1e-4, atol=1e-5)
+
+
+def test_per_axis_strides_keep_time_resolution():
+    model = _model(QUANTIZERS["fsq"](), 1, strides=((1, 2, 2),))
+    x = np.zeros((1, 4, 8, 8, 1), np.float32)
+    variables = model.init({"params": jax.random.PRNGKey(0)}, x)
+    recon, out = model.apply(variables, x)
+    assert out.indices.shape == (1, 4, 4, 4)
+    assert recon.shape == x.shape
+    assert total_downsampling([(1, 2, 2), 2], 3) == (2, 4, 4)
+
+
+def test_input_not_divisible_by_downsampling_is_a_clear_error():
+    model = _model(QUANTIZERS["fsq"](), 1, strides=(2,))
+    with pytest.raises(ValueError, match=r"not divisible by the total downsampling factor 2"):
+        model.init({"params": jax.random.PRNGKey(0)}, np.zeros((1, 7, 8, 1), np.float32))
+
+
+def test_resblock_skip_projects_the_block_input():
+    """The 1x1 skip must see the input x (MaskGIT's released code applied it to h)."""
+    block = ResBlock(features=6, num_groups=2)
+    x = np.random.default_rng(1).normal(size=(1, 4, 4, 3)).astype(np.float32)
+    variables = block.init(jax.random.PRNGKey(0), x)
+    params = jax.tree.map(np.asarray, variables["params"])
+    # Zero the residual branch's last conv: the output must equal the projected input exactly.
+    last_conv = sorted(k for k in params if k.startswith("Conv"))[-1]
+    params[last_conv] = {k: np.zeros_like(v) for k, v in params[last_conv].items()}
+    out = np.asarray(block.apply({"params": params}, x))
+    skip = params["skip"]
+    expected = x @ skip["kernel"][0, 0] + skip["bias"]
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
