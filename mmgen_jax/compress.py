@@ -68,7 +68,8 @@ def _index_dtype(num_codes: int):
 
 
 def encode(args) -> None:
-    config, objective, variables, info = inference.load_trained(args.workdir)
+    run = inference.load_trained(args.workdir)
+    config, objective, variables, info = run.config, run.objective, run.variables, run.info
     images, names = load_inputs(args.input, config, tuple(info["shape"]))
     encode_fn = jax.jit(
         lambda x: objective.model.apply(variables, x, method=VQVAE.encode_to_indices)
@@ -97,7 +98,8 @@ def encode(args) -> None:
 
 
 def decode(args) -> None:
-    config, objective, variables, info = inference.load_trained(args.workdir)
+    run = inference.load_trained(args.workdir)
+    objective, variables = run.objective, run.variables
     if not os.path.isfile(args.input):
         raise FileNotFoundError(f"--input {args.input} does not exist")
     codes = np.load(args.input)

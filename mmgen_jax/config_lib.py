@@ -69,6 +69,7 @@ def base_config() -> ml_collections.ConfigDict:
     """
     config = ml_collections.ConfigDict()
     config.trainer = ""
+    config.name = ""  # shown by the progress display; the trainer name when empty
     config.seed = 0
     config.data = dict(
         name="digits",
@@ -98,6 +99,7 @@ def base_config() -> ml_collections.ConfigDict:
         keep_checkpoints=2,
         ema_decay=0.999,  # EMA of the parameters, used for evaluation
         num_visualize=32,  # examples in the image grids written at each evaluation
+        augment=(),  # names from mmgen_jax.augment.AUGMENTATIONS, drawn inside the step
     )
     # Device mesh: -1 fills the axis with the remaining devices.
     config.mesh = dict(data=-1, fsdp=1)

@@ -7,6 +7,7 @@ checkpoint onto the current devices.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any
@@ -32,12 +33,25 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
         return ml_collections.ConfigDict(json.load(f))
 
 
-def load_trained(workdir: str, *, use_ema: bool | None = None) -> tuple[Any, Any, dict, Any]:
-    """Restore the newest checkpoint of `workdir`.
+@dataclasses.dataclass
+class TrainedRun:
+    """A restored run: its config, objective (with the model), variables and step.
 
-    Returns (config, objective, variables, info): `variables` is {'params': ..., **model_state}
-    ready for `objective.model.apply`, with the EMA parameters when the run kept them (or as
-    `use_ema` says); `info` is the dataset info the model was built for.
+    `variables` is {'params': ..., **model_state}, ready for `objective.model.apply`; `info` is
+    the dataset info the model was built for.
+    """
+
+    config: ml_collections.ConfigDict
+    objective: Any
+    variables: dict[str, Any]
+    info: dict[str, Any]
+    step: int
+
+
+def load_trained(workdir: str, *, use_ema: bool | None = None) -> TrainedRun:
+    """Restore the newest checkpoint of `workdir` onto the local devices.
+
+    The parameters are the EMA parameters when the run kept them, or as `use_ema` says.
     """
     config = load_config(workdir)
     checkpointer = checkpoint_lib.Checkpointer(
@@ -56,4 +70,4 @@ def load_trained(workdir: str, *, use_ema: bool | None = None) -> tuple[Any, Any
     if use_ema is None:
         use_ema = config.training.ema_decay > 0
     variables = {"params": state.eval_params(use_ema), **state.model_state}
-    return config, objective, variables, info
+    return TrainedRun(config, objective, variables, info, int(state.step))

@@ -232,3 +232,23 @@ def test_quantizer_rejects_wrong_channel_count():
     vq = VectorQuantizer(num_codes=4, code_dim=3)
     with pytest.raises(ValueError, match="expects 3 channels"):
         _init(vq, np.zeros((2, 5), np.float32))
+
+
+@pytest.mark.parametrize(
+    "quantizer",
+    [VectorQuantizer(num_codes=16, code_dim=3, input_dim=8), FSQ((3, 4, 5), input_dim=8)],
+    ids=["vq", "fsq"],
+)
+def test_code_vectors_snap_back_to_their_indices(quantizer):
+    z = np.random.default_rng(8).normal(size=(2, 5, 8)).astype(np.float32)
+    variables = _init(quantizer, z)
+    num_codes = 16 if isinstance(quantizer, VectorQuantizer) else 60
+    indices = jnp.arange(num_codes).reshape(1, -1)
+    vectors = quantizer.apply(variables, indices, method=type(quantizer).code_vectors)
+    assert vectors.shape == (1, num_codes, 3)
+    back = quantizer.apply(variables, vectors, method=type(quantizer).nearest_indices)
+    np.testing.assert_array_equal(np.asarray(back), np.asarray(indices))
+    # A small perturbation (well inside half the smallest code spacing) snaps to the same code.
+    noisy = vectors + 1e-3 * np.random.default_rng(9).normal(size=vectors.shape)
+    back = quantizer.apply(variables, noisy, method=type(quantizer).nearest_indices)
+    np.testing.assert_array_equal(np.asarray(back), np.asarray(indices))

@@ -124,3 +124,9 @@ def test_cli_trains_resumes_and_rejects_unknown_keys(data_dir, tmp_path):
     assert [m["step"] for m in records if m["split"] == "train"] == [2, 3, 4, 5]
     assert {m["split"] for m in records} == {"train", "eval", "test"}
     assert np.isfinite([m["psnr"] for m in records if m["split"] == "test"]).all()
+
+
+def test_ema_decay_warms_up_then_saturates():
+    assert float(loop.ema_decay_at(jnp.array(0), 0.999)) == pytest.approx(0.1)
+    assert float(loop.ema_decay_at(jnp.array(90), 0.999)) == pytest.approx(91 / 100)
+    assert float(loop.ema_decay_at(jnp.array(10**6), 0.999)) == pytest.approx(0.999)

@@ -75,3 +75,16 @@ def test_resblock_skip_projects_the_block_input():
     skip = params["skip"]
     expected = x @ skip["kernel"][0, 0] + skip["bias"]
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("quantizer", ["vq", "fsq"])
+def test_code_vector_latents_decode_like_indices(quantizer):
+    """The generator's latent API: code-space vectors decode to the same signal as the indices."""
+    model = _model(QUANTIZERS[quantizer](), 1)
+    x = np.random.default_rng(2).uniform(-1, 1, size=(2, 8, 8, 1)).astype(np.float32)
+    variables = model.init({"params": jax.random.PRNGKey(0)}, x)
+    vectors = model.apply(variables, x, method=VQVAE.encode_to_code_vectors)
+    assert vectors.shape == (2, 4, 4, 4 if quantizer == "vq" else 3)
+    decoded = model.apply(variables, vectors, method=VQVAE.decode_code_vectors)
+    recon, _ = model.apply(variables, x)
+    np.testing.assert_allclose(np.asarray(decoded), np.asarray(recon), rtol=1e-4, atol=1e-5)

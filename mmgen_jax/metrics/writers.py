@@ -30,7 +30,8 @@ from mmgen_jax.metrics.images import save_png
 __all__ = ["SPLITS", "MetricWriter", "read_metrics"]
 
 # The splits a metrics line may carry: "eval" is the validation split.
-SPLITS = ("train", "eval", "test")
+# "sample": scores of generated samples (class accuracy, Frechet distance, ...).
+SPLITS = ("train", "eval", "test", "sample")
 
 METRICS_FILENAME = "metrics.jsonl"
 

@@ -188,6 +188,18 @@ class VectorQuantizer(nn.Module):
         codes = jnp.take(self.codebook, indices, axis=0)
         return self.out_proj(codes) if self._projected else codes
 
+    def code_vectors(self, indices: jnp.ndarray) -> jnp.ndarray:
+        """Integer indices [B, *S] -> codebook vectors [B, *S, code_dim] in the code space."""
+        return jnp.take(self.codebook, indices, axis=0)
+
+    def nearest_indices(self, vectors: jnp.ndarray) -> jnp.ndarray:
+        """Code-space vectors [B, *S, code_dim] -> index of the nearest code [B, *S]."""
+        flat = vectors.reshape(-1, self.code_dim).astype(jnp.float32)
+        if self.cosine:
+            flat = l2_normalize(flat)
+        indices = jnp.argmin(squared_distances(flat, self.codebook), axis=-1)
+        return indices.astype(jnp.int32).reshape(vectors.shape[:-1])
+
     def _update_state(self, flat: jnp.ndarray, indices: jnp.ndarray) -> None:
         """EMA codebook update and dead-code bookkeeping from one (global) training batch."""
         flat = jax.lax.stop_gradient(flat)
@@ -330,3 +342,15 @@ class FSQ(nn.Module):
         """Integer indices [B, *S] -> code vectors [B, *S, input_dim]."""
         codes = self.indices_to_grid(indices)
         return self.out_proj(codes) if self._projected else codes
+
+    def code_vectors(self, indices: jnp.ndarray) -> jnp.ndarray:
+        """Integer indices [B, *S] -> grid points [B, *S, len(levels)] in [-1, 1]."""
+        return self.indices_to_grid(indices)
+
+    def nearest_indices(self, vectors: jnp.ndarray) -> jnp.ndarray:
+        """Points [B, *S, len(levels)] in code space -> index of the nearest grid point [B, *S]."""
+        half_width = self._levels() // 2
+        digits = jnp.clip(
+            jnp.round(vectors * half_width), -half_width, self._levels() - 1 - half_width
+        )
+        return self.codes_to_indices(digits / half_width)

@@ -148,3 +148,15 @@ class VQVAE(nn.Module):
     def decode_indices(self, indices: jnp.ndarray) -> jnp.ndarray:
         """Integer codes [B, *S/f] -> signal [B, *S, C]."""
         return self.decoder(self.quantizer.indices_to_codes(indices))
+
+    def encode_to_code_vectors(self, x: jnp.ndarray) -> jnp.ndarray:
+        """Signal [B, *S, C] -> quantized vectors in the code space [B, *S/f, code_dim].
+
+        This is the latent a generator models: the codebook entries themselves, before the
+        quantizer's output projection (low-dimensional when `code_dim` is small).
+        """
+        return self.quantizer.code_vectors(self.encode(x).indices)
+
+    def decode_code_vectors(self, vectors: jnp.ndarray) -> jnp.ndarray:
+        """Code-space vectors [B, *S/f, code_dim] -> signal, after snapping to the nearest code."""
+        return self.decode_indices(self.quantizer.nearest_indices(vectors))

@@ -40,6 +40,15 @@ class NonFiniteLossError(FloatingPointError):
     """Raised when the training loss becomes NaN or Inf."""
 
 
+def ema_decay_at(step: jax.Array, decay: float) -> jax.Array:
+    """EMA decay with warm-up, min(decay, (1 + step) / (10 + step)).
+
+    As in TensorFlow's ExponentialMovingAverage(num_updates=step): without it the average of a
+    short run is dominated by the random initial weights (0.9999^1000 = 0.9).
+    """
+    return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+
+
 def train_step(
     state: TrainState,
     batch: Batch,
@@ -56,7 +65,9 @@ def train_step(
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     params = objective.post_update(params, model_state)
-    ema_params = optax.incremental_update(params, state.ema_params, step_size=1.0 - ema_decay)
+    ema_params = optax.incremental_update(
+        params, state.ema_params, step_size=1.0 - ema_decay_at(state.step, ema_decay)
+    )
     metrics = dict(metrics, loss=loss)
     metrics["grad_norm"] = optax.tree.norm(grads)
     metrics["learning_rate"] = schedule(state.step)
@@ -143,7 +154,9 @@ class _Run:
         self.config = config
         self.workdir = workdir
         self.writer = MetricWriter(workdir)
-        self.progress = Progress(config.training.total_steps, start_step)
+        self.progress = Progress(
+            config.training.total_steps, start_step, desc=config.get("name") or config.trainer
+        )
         self.pending: list[tuple[int, dict[str, jax.Array]]] = []
 
     def check_finite(self) -> None:

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from mmgen_jax.augment import augment
 from mmgen_jax.metrics import code_histogram, codebook_metrics, psnr, side_by_side, ssim, to_uint8
 from mmgen_jax.models import quantizers
 from mmgen_jax.models.vqvae import VQVAE, Decoder, Encoder
@@ -64,6 +65,7 @@ class TokenizerObjective:
         self.model = build_vqvae(config, out_channels=self.shape[-1])
         self.num_codes = num_codes(config)
         self.num_visualize = config.training.num_visualize
+        self.augmentations = tuple(config.training.get("augment", ()))
 
     def init_variables(self, rng: jax.Array, batch: Batch) -> dict[str, Any]:
         return self.model.init({"params": rng}, batch["image"])
@@ -79,8 +81,11 @@ class TokenizerObjective:
         return (recon, quantized), dict(new_state)
 
     def loss(self, params, model_state, batch: Batch, rng: jax.Array):
-        x = batch["image"]
-        (recon, quantized), new_state = self._apply(params, model_state, x, train=True, rng=rng)
+        augment_rng, quantizer_rng = jax.random.split(rng)
+        x = augment(batch["image"], augment_rng, self.augmentations)
+        (recon, quantized), new_state = self._apply(
+            params, model_state, x, train=True, rng=quantizer_rng
+        )
         reconstruction = jnp.mean((recon - x) ** 2)
         loss = reconstruction + quantized.loss
         metrics = {"reconstruction_mse": reconstruction, "quantizer_loss": quantized.loss}
