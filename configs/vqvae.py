@@ -33,7 +33,7 @@ def get_config(arg: str | None = None):
     # Model: digits are 8x8, one 2x downsampling gives the 4x4 latent grid. Larger images get
     # three (8x downsampling, e.g. 32x32 -> 4x4, 256x256 -> 32x32).
     config.model = dict(
-        channels=(64, 128) if digits else (128, 128, 256, 256),
+        channels=(32, 64) if digits else (128, 128, 256, 256),
         strides=(2,) if digits else (2, 2, 2),
         num_res_blocks=2,
         latent_dim=64 if digits else 256,
@@ -56,11 +56,15 @@ def get_config(arg: str | None = None):
 
     config.optimizer.learning_rate = 2e-3 if digits else 2e-4
     config.optimizer.warmup_steps = 100 if digits else 1000
-    config.training.global_batch_size = 128
-    config.training.total_steps = 2500 if digits else 100_000
-    config.training.log_every = 50 if digits else 100
-    config.training.eval_every = 500 if digits else 5000
-    config.training.checkpoint_every = 500 if digits else 5000
+    config.training.global_batch_size = 64 if digits else 128
+    config.training.total_steps = 3000 if digits else 100_000
+    config.training.log_every = 100
+    config.training.eval_every = 1000 if digits else 5000
+    config.training.checkpoint_every = 1000 if digits else 5000
+    # Reconstruction does not care about orientation: the 8 symmetries of the square multiply
+    # the 1,300 training digits and stop the tokenizer from memorising them (train 46 dB vs
+    # test 25 dB without; 28.6 vs 28.1 with).
+    config.training.augment = ("flip_spatial", "transpose")
 
     if args.runlocal:
         config.model.channels = (16, 32)

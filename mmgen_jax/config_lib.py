@@ -8,6 +8,7 @@ validated `ConfigDict` of variant choices so a typo fails immediately with the b
 from __future__ import annotations
 
 import ast
+import importlib.util
 from collections.abc import Mapping
 from typing import Any
 
@@ -53,6 +54,16 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
         except ValueError as err:
             raise ValueError(f"config argument {key}={text!r}: {err}") from None
     return ml_collections.ConfigDict(values)
+
+
+def load_config_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
+    """`get_config(arg)` of the config file at `path` (for configs that combine others)."""
+    spec = importlib.util.spec_from_file_location(f"_config_{abs(hash(path))}", path)
+    if spec is None or spec.loader is None:
+        raise FileNotFoundError(f"config file {path} not found")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
 
 
 def require_choice(name: str, value: Any, choices: Mapping[str, Any] | tuple) -> None:

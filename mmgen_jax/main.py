@@ -16,7 +16,7 @@ from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from mmgen_jax import trainers
-from mmgen_jax.trainers import loop
+from mmgen_jax.trainers import loop, stages
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file.", lock_config=True
@@ -51,7 +51,11 @@ def main(argv: list[str]) -> None:
         jax.device_count(),
     )
     config = _CONFIG.value
-    loop.train_and_evaluate(config, _WORKDIR.value, trainers.get_objective_factory(config.trainer))
+    if config.trainer == "stages":
+        stages.run_stages(config, _WORKDIR.value)
+    else:
+        factory = trainers.get_objective_factory(config.trainer)
+        loop.train_and_evaluate(config, _WORKDIR.value, factory)
 
 
 if __name__ == "__main__":

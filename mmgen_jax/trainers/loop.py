@@ -18,6 +18,7 @@ import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -92,7 +93,8 @@ def _example_batch(info: dict[str, Any]) -> Batch:
 def init_fn(objective: Objective, tx, info: dict[str, Any]):
     def init(rng: jax.Array) -> TrainState:
         init_rng, state_rng = jax.random.split(rng)
-        variables = dict(objective.init_variables(init_rng, _example_batch(info)))
+        # Logical-axis boxes are dropped here: every leaf is replicated for now.
+        variables = dict(nn.meta.unbox(objective.init_variables(init_rng, _example_batch(info))))
         params = variables.pop("params")
         return create_train_state(params, variables, tx, state_rng)
 

@@ -1,0 +1,87 @@
+"""Scoring generated samples with a classifier the project trained on the same data.
+
+For class-conditional image generation on small datasets (the embedded digits) Inception
+features mean nothing, so samples are judged by a classifier trained on the dataset's training
+split (`configs/classifier.py`):
+
+* `class_accuracy`: the fraction of samples the classifier assigns to their conditioning label.
+* `frechet_distance`: the Fréchet distance between classifier features of the samples and of the
+  test split ("digits-FD", the FID recipe with this classifier's penultimate features).
+* `frechet_distance_train_vs_test`: the same distance between the training and test splits, the
+  baseline a perfect generator would reach; `frechet_distance_ratio` is the first over the second.
+* `test_accuracy`: the classifier's own accuracy on real test images, for calibration (samples
+  scoring above it are likely over-guided, prototypical digits).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import numpy as np
+
+from mmgen_jax import inference
+from mmgen_jax.data import pipeline
+from mmgen_jax.metrics.frechet import feature_statistics, frechet_distance
+from mmgen_jax.models.classifier import Classifier
+
+
+class SampleScorer:
+    """A restored classifier: logits and features of batches of signals in [-1, 1]."""
+
+    def __init__(self, classifier_workdir: str):
+        run = inference.load_trained(classifier_workdir)
+        if run.config.trainer != "classifier":
+            raise ValueError(
+                f"{classifier_workdir!r} holds a {run.config.trainer!r} run, not a classifier"
+            )
+        self.config = run.config
+        self.shape = tuple(run.info["shape"])
+        model, variables = run.objective.model, run.variables
+        self._logits = jax.jit(functools.partial(model.apply, variables))
+        self._features = jax.jit(
+            functools.partial(model.apply, variables, method=Classifier.features)
+        )
+
+    def _batched(self, fn, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
+        if tuple(images.shape[1:]) != self.shape:
+            raise ValueError(
+                f"samples of shape {images.shape[1:]} do not match the classifier's input "
+                f"{self.shape}"
+            )
+        return np.concatenate(
+            [np.asarray(fn(images[i : i + batch_size])) for i in range(0, len(images), batch_size)]
+        )
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        return self._batched(self._logits, images).argmax(-1)
+
+    def features(self, images: np.ndarray) -> np.ndarray:
+        return self._batched(self._features, images)
+
+    def split(self, name: str) -> dict[str, np.ndarray]:
+        return pipeline.load_split_numpy(self.config.data, name)
+
+
+def score_samples(
+    classifier_workdir: str, samples: np.ndarray, labels: np.ndarray | None
+) -> dict[str, float]:
+    """Class accuracy (if labelled) and digits-FD of `samples` [N, *S, C] in [-1, 1]."""
+    scorer = SampleScorer(classifier_workdir)
+    test = scorer.split(scorer.config.data.test_split)
+    train = scorer.split(scorer.config.data.train_split)
+    test_stats = feature_statistics(scorer.features(test["image"]))
+    train_stats = feature_statistics(scorer.features(train["image"]))
+    sample_stats = feature_statistics(scorer.features(np.asarray(samples, np.float32)))
+    scores = {
+        "frechet_distance": frechet_distance(*sample_stats, *test_stats),
+        "frechet_distance_train_vs_test": frechet_distance(*train_stats, *test_stats),
+        "test_accuracy": float(np.mean(scorer.predict(test["image"]) == test["label"])),
+    }
+    scores["frechet_distance_ratio"] = (
+        scores["frechet_distance"] / scores["frechet_distance_train_vs_test"]
+    )
+    if labels is not None:
+        predictions = scorer.predict(np.asarray(samples, np.float32))
+        scores["class_accuracy"] = float(np.mean(predictions == np.asarray(labels)))
+    return scores

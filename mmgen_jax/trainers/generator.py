@@ -1,0 +1,321 @@
+"""Diffusion-transformer generator objective, in pixel space or a frozen tokenizer's latent space.
+
+Pixel space: the DiT diffuses the images themselves ([-1, 1]).
+
+Latent space (two-stage generation): a trained VQ-VAE (`generator.tokenizer_workdir`) is
+restored once and frozen. Each training batch is encoded to the tokenizer's code-space vectors
+(the codebook entries, `[B, *S/f, code_dim]`), normalised per channel with a mean and standard
+deviation estimated from training data, and diffused. Samples are un-normalised, snapped to the
+nearest code and decoded back to signals. The frozen tokenizer's variables and the latent
+statistics are kept in the train state's `model_state` (never updated), so a generator
+checkpoint alone is enough to sample.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from mmgen_jax import inference
+from mmgen_jax.data import pipeline
+from mmgen_jax.diffusion.gaussian import GaussianDiffusion, betas_for_schedule, space_timesteps
+from mmgen_jax.diffusion.samplers import ddim_sample, ddpm_sample
+from mmgen_jax.metrics import make_grid, to_uint8
+from mmgen_jax.models.dit import DiT
+from mmgen_jax.models.vqvae import VQVAE
+from mmgen_jax.trainers.objective import Batch
+
+TOKENIZER = "tokenizer"  # model_state collection holding the frozen tokenizer variables
+LATENT_NORM = "latent_norm"  # model_state collection holding the per-channel mean / std
+SAMPLERS = ("ddim", "ddpm")
+
+
+def build_diffusion(config: ml_collections.ConfigDict) -> GaussianDiffusion:
+    """The training diffusion process from the `diffusion` section of a config."""
+    return GaussianDiffusion.from_betas(
+        betas_for_schedule(config.diffusion.schedule, config.diffusion.num_timesteps),
+        model_mean_type=config.diffusion.mean_type,
+        learn_sigma=config.model.learn_sigma,
+    )
+
+
+def sampling_diffusion(diffusion: GaussianDiffusion, sampler: str, steps: int):
+    """The process respaced to `steps` sampling steps ('ddimN' spacing for DDIM)."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler={sampler!r} is not one of {', '.join(SAMPLERS)}")
+    if not 1 < steps <= diffusion.num_timesteps:
+        raise ValueError(f"steps={steps} must be in [2, {diffusion.num_timesteps}]")
+    if steps == diffusion.num_timesteps:
+        return diffusion
+    spacing = f"ddim{steps}" if sampler == "ddim" else [steps]
+    return diffusion.respace(space_timesteps(diffusion.num_timesteps, spacing))
+
+
+class FrozenTokenizer:
+    """A trained VQ-VAE restored from its workdir, used only for encoding and decoding."""
+
+    def __init__(self, workdir: str):
+        if not workdir:
+            raise ValueError("generator.space='latent' needs generator.tokenizer_workdir")
+        if inference.load_config(workdir).trainer != "tokenizer":
+            raise ValueError(
+                f"generator.tokenizer_workdir={workdir!r} holds a "
+                f"{inference.load_config(workdir).trainer!r} run, not a tokenizer"
+            )
+        run = inference.load_trained(workdir)
+        self.workdir = workdir
+        self.model: VQVAE = run.objective.model
+        self.variables = run.variables
+        self.signal_shape = tuple(run.info["shape"])
+
+    def encode(self, variables, x: jax.Array) -> jax.Array:
+        """Signals [B, *S, C] -> code-space vectors [B, *S/f, code_dim] (no gradient)."""
+        vectors = self.model.apply(variables, x, method=VQVAE.encode_to_code_vectors)
+        return jax.lax.stop_gradient(vectors)
+
+    def decode(self, variables, vectors: jax.Array) -> jax.Array:
+        """Code-space vectors -> signals, snapping to the nearest code first."""
+        return self.model.apply(variables, vectors, method=VQVAE.decode_code_vectors)
+
+    def latent_shape(self) -> tuple[int, ...]:
+        x = jax.ShapeDtypeStruct((1, *self.signal_shape), jnp.float32)
+        return tuple(jax.eval_shape(functools.partial(self.encode, self.variables), x).shape[1:])
+
+
+def latent_statistics(
+    tokenizer: FrozenTokenizer, data_config, split: str, max_examples: int
+) -> dict[str, np.ndarray]:
+    """Per-channel mean and std of the tokenizer's latents over (a prefix of) a split."""
+    images = pipeline.load_split_numpy(data_config, split)["image"][:max_examples]
+    encode = jax.jit(functools.partial(tokenizer.encode, tokenizer.variables))
+    latents = np.concatenate(
+        [np.asarray(encode(images[i : i + 512])) for i in range(0, len(images), 512)]
+    )
+    axes = tuple(range(latents.ndim - 1))
+    return {
+        "mean": latents.mean(axis=axes).astype(np.float32),
+        "std": np.maximum(latents.std(axis=axes), 1e-6).astype(np.float32),
+    }
+
+
+class GeneratorObjective:
+    """Trains a DiT with the Gaussian diffusion loss on pixels or tokenizer latents."""
+
+    def __init__(self, config: ml_collections.ConfigDict, info: dict[str, Any]):
+        generator = config.generator
+        if generator.space not in ("pixel", "latent"):
+            raise ValueError(f"generator.space={generator.space!r} is not 'pixel' or 'latent'")
+        self.space = generator.space
+        self.num_classes = int(info["num_classes"] or 0) if generator.class_conditional else 0
+        self.signal_shape = tuple(info["shape"])
+        self.tokenizer = None
+        self.latent_stats = None
+        if self.space == "latent":
+            self.tokenizer = FrozenTokenizer(generator.tokenizer_workdir)
+            if self.tokenizer.signal_shape != self.signal_shape:
+                raise ValueError(
+                    f"the tokenizer in {generator.tokenizer_workdir!r} takes signals of shape "
+                    f"{self.tokenizer.signal_shape}, the dataset gives {self.signal_shape}"
+                )
+            self.latent_shape = self.tokenizer.latent_shape()
+            self.latent_stats = latent_statistics(
+                self.tokenizer, config.data, config.data.train_split, generator.stats_examples
+            )
+        else:
+            self.latent_shape = self.signal_shape
+        model = config.model
+        self.model = DiT(
+            patch_size=tuple(model.patch_size)
+            if not isinstance(model.patch_size, int)
+            else model.patch_size,
+            in_channels=self.latent_shape[-1],
+            hidden_size=model.hidden_size,
+            depth=model.depth,
+            num_heads=model.num_heads,
+            mlp_ratio=model.mlp_ratio,
+            num_classes=self.num_classes,
+            class_dropout_prob=model.class_dropout_prob,
+            learn_sigma=model.learn_sigma,
+        )
+        self.diffusion = build_diffusion(config)
+        self.sampling = config.sampling
+        self.check_sampling_request(None, float(config.sampling.cfg_scale))
+        self._samplers: dict[tuple, Any] = {}
+
+    # -- latents ---------------------------------------------------------------------------
+
+    def to_latent(self, model_state, x: jax.Array) -> jax.Array:
+        """Signals [B, *S, C] -> normalised diffusion-space data [B, *latent_shape]."""
+        if self.space == "pixel":
+            return x
+        z = self.tokenizer.encode(model_state[TOKENIZER], x)
+        norm = model_state[LATENT_NORM]
+        return (z - norm["mean"]) / norm["std"]
+
+    def to_signal(self, model_state, z: jax.Array) -> jax.Array:
+        """Diffusion-space samples -> signals in [-1, 1] (decoded through the tokenizer)."""
+        if self.space == "pixel":
+            return jnp.clip(z, -1.0, 1.0)
+        norm = model_state[LATENT_NORM]
+        signal = self.tokenizer.decode(model_state[TOKENIZER], z * norm["std"] + norm["mean"])
+        return jnp.clip(signal, -1.0, 1.0)
+
+    # -- objective protocol -------------------------------------------------------------------
+
+    def init_variables(self, rng: jax.Array, batch: Batch) -> dict[str, Any]:
+        z = jnp.zeros((1, *self.latent_shape), jnp.float32)
+        y = jnp.zeros((1,), jnp.int32) if self.num_classes else None
+        variables = dict(self.model.init({"params": rng}, z, jnp.zeros((1,), jnp.int32), y))
+        if self.space == "latent":
+            variables[TOKENIZER] = self.tokenizer.variables
+            variables[LATENT_NORM] = {k: jnp.asarray(v) for k, v in self.latent_stats.items()}
+        return variables
+
+    def _labels(self, batch: Batch):
+        return batch["label"].astype(jnp.int32) if self.num_classes else None
+
+    def _losses(self, params, model_state, batch, rng, train: bool) -> dict[str, jax.Array]:
+        x0 = self.to_latent(model_state, batch["image"])  # [B, *latent_shape]
+        t_rng, noise_rng, dropout_rng = jax.random.split(rng, 3)
+        t = self.diffusion.sample_timesteps(t_rng, x0.shape[0])
+        noise = jax.random.normal(noise_rng, x0.shape, jnp.float32)
+
+        def model_fn(x_t, timesteps, y):
+            return self.model.apply(
+                {"params": params},
+                x_t,
+                timesteps,
+                y,
+                train=train,
+                rngs={"label_dropout": dropout_rng},
+            )
+
+        return self.diffusion.training_losses(model_fn, x0, t, noise, self._labels(batch))
+
+    def loss(self, params, model_state, batch: Batch, rng: jax.Array):
+        terms = self._losses(params, model_state, batch, rng, train=True)
+        metrics = {name: jnp.mean(value) for name, value in terms.items() if name != "loss"}
+        return jnp.mean(terms["loss"]), (model_state, metrics)
+
+    def post_update(self, params, model_state):
+        return params
+
+    def eval_step(self, params, model_state, batch: Batch) -> dict[str, jax.Array]:
+        # A fixed key: every evaluation scores the same timesteps and noise.
+        terms = self._losses(params, model_state, batch, jax.random.PRNGKey(0), train=False)
+        mask = batch["mask"]
+        sums = {name: jnp.sum(value * mask) for name, value in terms.items()}
+        sums["count"] = jnp.sum(mask)
+        return sums
+
+    def finalize_eval(self, sums: dict[str, np.ndarray]) -> dict[str, float]:
+        count = float(sums["count"])
+        return {name: float(value) / count for name, value in sums.items() if name != "count"}
+
+    def visualize(self, params, model_state, batch: Batch) -> dict[str, np.ndarray]:
+        if len(self.signal_shape) != 3:
+            return {}
+        per_class = self.sampling.grid_per_class
+        labels = np.repeat(np.arange(max(self.num_classes, 1)), per_class)
+        samples = self.sample(
+            params,
+            model_state,
+            labels if self.num_classes else None,
+            jax.random.PRNGKey(0),
+            num_samples=len(labels),
+        )
+        return {"samples": sample_grid(np.asarray(samples), per_class)}
+
+    # -- sampling -----------------------------------------------------------------------------
+
+    def check_sampling_request(self, labels, cfg_scale: float) -> None:
+        """Clear errors for labels out of range or guidance without conditioning."""
+        if labels is not None:
+            labels = np.asarray(labels)
+            if not self.num_classes:
+                raise ValueError("labels were given but the generator is unconditional")
+            bad = labels[(labels < 0) | (labels >= self.num_classes)]
+            if bad.size:
+                raise ValueError(
+                    f"label {int(bad[0])} is outside the class range [0, {self.num_classes})"
+                )
+        if cfg_scale != 1.0 and not self.num_classes:
+            raise ValueError(
+                f"cfg_scale={cfg_scale} needs a class-conditional generator; this one is "
+                "unconditional (use cfg_scale=1)"
+            )
+
+    def sample(
+        self,
+        params,
+        model_state,
+        labels,
+        rng: jax.Array,
+        *,
+        num_samples: int,
+        sampler: str | None = None,
+        steps: int | None = None,
+        cfg_scale: float | None = None,
+        eta: float | None = None,
+        cfg_channels: int | None = None,
+    ) -> jax.Array:
+        """Generate `num_samples` signals [N, *S, C] in [-1, 1] (one jit-compiled loop).
+
+        Unset settings come from the config's `sampling` section.
+        """
+        sampling = self.sampling
+        sampler = sampler or sampling.sampler
+        steps = steps or sampling.steps
+        cfg_scale = float(sampling.cfg_scale if cfg_scale is None else cfg_scale)
+        eta = float(sampling.eta if eta is None else eta)
+        self.check_sampling_request(labels, cfg_scale)
+        key = (sampler, steps, cfg_scale, eta, cfg_channels, num_samples)
+        if key not in self._samplers:
+            self._samplers[key] = jax.jit(
+                functools.partial(self._sample, *key[:-1], num_samples=num_samples)
+            )
+        y = None if labels is None else jnp.asarray(labels, jnp.int32)
+        return self._samplers[key](params, model_state, y, rng)
+
+    def _sample(
+        self,
+        sampler,
+        steps,
+        cfg_scale,
+        eta,
+        cfg_channels,
+        params,
+        model_state,
+        y,
+        rng,
+        *,
+        num_samples,
+    ):
+        diffusion = sampling_diffusion(self.diffusion, sampler, steps)
+
+        def model_fn(x_t, timesteps, labels):
+            return self.model.apply({"params": params}, x_t, timesteps, labels)
+
+        shape = (num_samples, *self.latent_shape)
+        common = dict(
+            y=y,
+            cfg_scale=cfg_scale,
+            null_label=self.num_classes if y is not None else None,
+            cfg_channels=cfg_channels,
+        )
+        if sampler == "ddim":
+            z = ddim_sample(model_fn, diffusion, shape, rng, eta=eta, **common)
+        else:
+            z = ddpm_sample(model_fn, diffusion, shape, rng, **common)
+        return self.to_signal(model_state, z)
+
+
+def sample_grid(samples: np.ndarray, per_row: int) -> np.ndarray:
+    """Samples [N, H, W, C] in [-1, 1] -> one uint8 grid, `per_row` samples per row."""
+    upscale = max(1, 32 // samples.shape[1])
+    return make_grid(to_uint8(samples), ncols=per_row, upscale=upscale)
