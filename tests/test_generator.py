@@ -1,0 +1,136 @@
+"""The DiT generator objective in pixel and latent space, sampling and the sampling CLI."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from mmgen_jax import config_lib, inference, sample
+from mmgen_jax.models.vqvae import VQVAE
+from mmgen_jax.trainers import loop
+from mmgen_jax.trainers.generator import GeneratorObjective
+from mmgen_jax.trainers.tokenizer import TokenizerObjective
+
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+def _config(name, arg, data_dir):
+    config = config_lib.load_config_file(os.path.join(CONFIGS, f"{name}.py"), arg)
+    config.data.data_dir = data_dir
+    return config
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("tfds"))
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(data_dir, tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("tokenizer"))
+    loop.train_and_evaluate(_config("vqvae", "runlocal=True", data_dir), path, TokenizerObjective)
+    return path
+
+
+@pytest.fixture(scope="module")
+def pixel_dir(data_dir, tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("pixel"))
+    config = _config("dit", "runlocal=True", data_dir)
+    config.training.total_steps = 10
+    loop.train_and_evaluate(config, path, GeneratorObjective)
+    return path
+
+
+def test_pixel_generator_trains_and_samples_deterministically(pixel_dir):
+    records = [json.loads(line) for line in open(os.path.join(pixel_dir, "metrics.jsonl"))]
+    train = [r for r in records if r["split"] == "train"]
+    assert train[-1]["loss"] < train[0]["loss"]
+    assert {"mse", "vb"} <= set(train[-1])
+    assert os.path.exists(os.path.join(pixel_dir, "images", "test_samples_0000010.png"))
+
+    run = inference.load_trained(pixel_dir)
+    variables = dict(run.variables)
+    params = variables.pop("params")
+    labels = np.array([0, 3, 9])
+    first = run.objective.sample(params, variables, labels, jax.random.PRNGKey(1), num_samples=3)
+    again = run.objective.sample(params, variables, labels, jax.random.PRNGKey(1), num_samples=3)
+    assert first.shape == (3, 8, 8, 1)
+    assert float(np.abs(first).max()) <= 1.0
+    np.testing.assert_array_equal(np.asarray(first), np.asarray(again))
+    other = run.objective.sample(params, variables, labels, jax.random.PRNGKey(2), num_samples=3)
+    assert not np.array_equal(np.asarray(first), np.asarray(other))
+
+
+def test_sampling_rejects_out_of_range_labels_and_guided_unconditional(pixel_dir, data_dir):
+    run = inference.load_trained(pixel_dir)
+    with pytest.raises(ValueError, match="label 10 is outside the class range"):
+        run.objective.check_sampling_request(np.array([1, 10]), 2.0)
+    config = _config("dit", "runlocal=True", data_dir)
+    config.generator.class_conditional = False
+    with pytest.raises(ValueError, match="cfg_scale=2.0 needs a class-conditional generator"):
+        GeneratorObjective(config, {"shape": (8, 8, 1), "num_classes": 10})
+
+
+def test_sample_cli_writes_grid_arrays_and_settings(pixel_dir):
+    sample.main(
+        [
+            "--workdir",
+            pixel_dir,
+            "--num_samples",
+            "20",
+            "--steps",
+            "3",
+            "--cfg_scale",
+            "1.5",
+            "--tag",
+            "t",
+        ]
+    )
+    out = os.path.join(pixel_dir, "samples")
+    arrays = np.load(os.path.join(out, "t.npz"))
+    assert arrays["samples"].shape == (20, 8, 8, 1)
+    np.testing.assert_array_equal(arrays["labels"], np.arange(20) % 10)
+    settings = json.load(open(os.path.join(out, "t.json")))
+    assert settings["cfg_scale"] == 1.5 and settings["steps"] == 3
+    assert settings["sampler"] == "ddim" and settings["seed"] == 0
+    assert os.path.exists(os.path.join(out, "t.png"))
+    with pytest.raises(SystemExit, match="outside the class range"):
+        sample.main(["--workdir", pixel_dir, "--num_samples", "2", "--labels", "12"])
+
+
+def test_latent_generator_round_trips_through_the_frozen_tokenizer(tokenizer_dir, data_dir):
+    config = _config("dit", f"space=latent,tokenizer={tokenizer_dir},runlocal=True", data_dir)
+    objective = GeneratorObjective(config, {"shape": (8, 8, 1), "num_classes": 10})
+    assert objective.latent_shape == (4, 4, 8)
+    variables = objective.init_variables(jax.random.PRNGKey(0), None)
+    state = {k: v for k, v in variables.items() if k != "params"}
+    x = np.random.default_rng(0).uniform(-1, 1, size=(3, 8, 8, 1)).astype(np.float32)
+    latents = objective.to_latent(state, x)
+    # Normalised with statistics from data: roughly zero mean, unit scale per channel.
+    stats = objective.latent_stats
+    assert stats["mean"].shape == (8,) and np.all(stats["std"] > 0)
+    decoded = objective.to_signal(state, latents)
+    tokenizer = inference.load_trained(tokenizer_dir)
+    recon, _ = tokenizer.objective.model.apply(tokenizer.variables, x)
+    np.testing.assert_allclose(
+        np.asarray(decoded), np.clip(np.asarray(recon), -1, 1), rtol=1e-4, atol=1e-5
+    )
+    indices = tokenizer.objective.model.apply(
+        tokenizer.variables, x, method=VQVAE.encode_to_indices
+    )
+    assert indices.shape == (3, 4, 4)
+
+
+def test_latent_generator_bad_tokenizer_workdirs(data_dir, tmp_path, pixel_dir):
+    info = {"shape": (8, 8, 1), "num_classes": 10}
+    empty = _config("dit", "space=latent,runlocal=True", data_dir)
+    with pytest.raises(ValueError, match="needs generator.tokenizer_workdir"):
+        GeneratorObjective(empty, info)
+    missing = _config("dit", f"space=latent,tokenizer={tmp_path}/nope,runlocal=True", data_dir)
+    with pytest.raises(FileNotFoundError, match="nope"):
+        GeneratorObjective(missing, info)
+    wrong = _config("dit", f"space=latent,tokenizer={pixel_dir},runlocal=True", data_dir)
+    with pytest.raises(ValueError, match="holds a 'generator' run, not a tokenizer"):
+        GeneratorObjective(wrong, info)
