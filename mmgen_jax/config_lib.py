@@ -111,6 +111,7 @@ def base_config() -> ml_collections.ConfigDict:
         ema_decay=0.999,  # EMA of the parameters, used for evaluation
         num_visualize=32,  # examples in the image grids written at each evaluation
         augment=(),  # names from mmgen_jax.augment.AUGMENTATIONS, drawn inside the step
+        max_steps_in_flight=2,  # dispatched but unfinished steps the host may queue
     )
     # Device mesh: -1 fills the axis with the remaining devices.
     config.mesh = dict(data=-1, fsdp=1)

@@ -1,9 +1,13 @@
 """Trainers: the shared loop and one objective per model family, found by name."""
 
+from mmgen_jax.trainers.classifier import ClassifierObjective
+from mmgen_jax.trainers.generator import GeneratorObjective
 from mmgen_jax.trainers.tokenizer import TokenizerObjective
 
 # config.trainer -> objective factory. Adding a model family = one objective + one entry here.
 OBJECTIVES = {
+    "classifier": ClassifierObjective,
+    "generator": GeneratorObjective,
     "tokenizer": TokenizerObjective,
 }
 

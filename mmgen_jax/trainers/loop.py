@@ -161,6 +161,17 @@ class _Run:
         )
         self.pending: list[tuple[int, dict[str, jax.Array]]] = []
 
+    def limit_steps_in_flight(self) -> None:
+        """Wait for the step `max_steps_in_flight` back before dispatching more.
+
+        Without a bound the host can queue hundreds of steps; on XLA:CPU with several devices
+        that starves the collectives of threads (an all-reduce times out with only some of the
+        devices arrived). A couple of steps in flight still overlap input and compute.
+        """
+        depth = self.config.training.get("max_steps_in_flight", 2)
+        if len(self.pending) > depth:
+            jax.block_until_ready(self.pending[-depth - 1][1]["loss"])
+
     def check_finite(self) -> None:
         """Raise NonFiniteLossError naming the first pending step whose loss is NaN or Inf."""
         losses = jax.device_get([(step, metrics["loss"]) for step, metrics in self.pending])
@@ -268,6 +279,7 @@ def _train_loop(config, workdir, objective, step_fn, state, mesh, checkpointer) 
     for step in range(start + 1, training.total_steps + 1):
         state, metrics = step_fn(state, next(batches))
         run.pending.append((step, metrics))
+        run.limit_steps_in_flight()
         is_last = step == training.total_steps
         if step % training.log_every == 0 or is_last:
             run.flush_train_metrics()  # also updates the progress display with the loss
