@@ -51,10 +51,10 @@ def get_config(arg: str | None = None):
     config.optimizer.warmup_steps = 200
     config.optimizer.weight_decay = 0.0
     config.training.global_batch_size = 128
-    config.training.total_steps = 4000
+    config.training.total_steps = 3000
     config.training.log_every = 100
-    config.training.eval_every = 2000
-    config.training.checkpoint_every = 2000
+    config.training.eval_every = 1000
+    config.training.checkpoint_every = 1000
     config.training.ema_decay = 0.999
 
     if args.runlocal:
