@@ -22,30 +22,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mmgen_jax import benchmarking, config_lib
 from mmgen_jax import sharding as sharding_lib
 from mmgen_jax.data import pipeline
 from mmgen_jax.trainers import get_objective_factory, loop
 from mmgen_jax.trainers.state import make_optimizer
 
 
-def matmul_peak(size: int = 2048, repeats: int = 10) -> float:
-    """FLOP/s of a square fp32 matmul: the reference every ratio is taken against."""
-    a = jnp.ones((size, size), jnp.float32)
-    f = jax.jit(lambda x: x @ x)
-    f(a).block_until_ready()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        out = f(a)
-    out.block_until_ready()
-    return 2 * size**3 * repeats / (time.perf_counter() - start)
-
-
 def load_config(spec: str, overrides: list[str]):
     path, _, arg = spec.partition(":")
-    namespace: dict = {}
-    with open(path) as f:
-        exec(compile(f.read(), path, "exec"), namespace)
-    config = namespace["get_config"](arg)
+    config = config_lib.load_config_file(path, arg)
     for item in overrides:
         key, _, value = item.partition("=")
         node = config
@@ -86,8 +72,8 @@ def main() -> None:
             ),
             donate_argnums=0,
         )
-        compiled = step.lower(state, batch).compile()
-        flops = compiled.cost_analysis().get("flops", float("nan"))
+        compiled, _ = benchmarking.compile_timed(step, state, batch)
+        flops = benchmarking.flops_of(compiled)
         state, _ = compiled(state, batch)
         jax.block_until_ready(state)
         start = time.perf_counter()
@@ -108,7 +94,7 @@ def main() -> None:
             jax.block_until_ready(next(batches))
         data_time = (time.perf_counter() - start) / args.steps
 
-    peak = matmul_peak()
+    peak = benchmarking.matmul_peak()
     print(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind}")
     print(f"matmul peak (fp32, 2048^2): {peak / 1e9:.1f} GFLOP/s")
     print(

@@ -111,12 +111,9 @@ class Checkpointer:
             f"{self.directory} (step {step})",
         )
         restored = self._manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
-            ),
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
         )
-        return restored.state, dict(restored.meta)
+        return restored.state, meta
 
     def wait(self) -> None:
         """Block until every pending save is fully written."""

@@ -62,10 +62,10 @@ class FrozenTokenizer:
     def __init__(self, workdir: str):
         if not workdir:
             raise ValueError("generator.space='latent' needs generator.tokenizer_workdir")
-        if inference.load_config(workdir).trainer != "tokenizer":
+        trainer = inference.load_config(workdir).trainer
+        if trainer != "tokenizer":
             raise ValueError(
-                f"generator.tokenizer_workdir={workdir!r} holds a "
-                f"{inference.load_config(workdir).trainer!r} run, not a tokenizer"
+                f"generator.tokenizer_workdir={workdir!r} holds a {trainer!r} run, not a tokenizer"
             )
         run = inference.load_trained(workdir)
         self.workdir = workdir

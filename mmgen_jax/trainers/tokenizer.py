@@ -12,7 +12,7 @@ import numpy as np
 from mmgen_jax.augment import augment
 from mmgen_jax.metrics import code_histogram, codebook_metrics, psnr, side_by_side, ssim, to_uint8
 from mmgen_jax.models import quantizers
-from mmgen_jax.models.vqvae import VQVAE, Decoder, Encoder
+from mmgen_jax.models.vqvae import VQVAE, Decoder, Encoder, total_downsampling
 from mmgen_jax.trainers.objective import Batch
 
 # How many pixels wide the smallest image in a grid is drawn (8x8 digits -> 4x upscale).
@@ -66,6 +66,8 @@ class TokenizerObjective:
         self.num_codes = num_codes(config)
         self.num_visualize = config.training.num_visualize
         self.augmentations = tuple(config.training.get("augment", ()))
+        factors = total_downsampling(tuple(config.model.strides), len(self.shape) - 1)
+        self.latent_shape = tuple(s // f for s, f in zip(self.shape[:-1], factors, strict=True))
 
     def init_variables(self, rng: jax.Array, batch: Batch) -> dict[str, Any]:
         return self.model.init({"params": rng}, batch["image"])
@@ -121,19 +123,6 @@ class TokenizerObjective:
         latent_positions = int(np.prod(self.latent_shape))
         metrics["bits_per_example"] = latent_positions * float(np.log2(self.num_codes))
         return metrics
-
-    @property
-    def latent_shape(self) -> tuple[int, ...]:
-        abstract = jax.eval_shape(
-            lambda x: self.model.init(jax.random.PRNGKey(0), x, method=VQVAE.encode_to_indices),
-            jnp.zeros((1, *self.shape)),
-        )
-        indices = jax.eval_shape(
-            lambda v, x: self.model.apply(v, x, method=VQVAE.encode_to_indices),
-            abstract,
-            jnp.zeros((1, *self.shape)),
-        )
-        return tuple(indices.shape[1:])
 
     def visualize(self, params, model_state, batch: Batch) -> dict[str, np.ndarray]:
         if len(self.shape) != 3:
