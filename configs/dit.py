@@ -44,7 +44,11 @@ def get_config(arg: str | None = None):
     )
     if args.model != "tiny":
         config.model.update(dit_config(args.model))
-    config.diffusion = dict(num_timesteps=1000, schedule="linear", mean_type="epsilon")
+    # min_snr_gamma > 0 weights the MSE by min(SNR, gamma) (Hang et al. 2023); 0 = the paper's
+    # uniform weighting.
+    config.diffusion = dict(
+        num_timesteps=1000, schedule="linear", mean_type="epsilon", min_snr_gamma=0.0
+    )
     config.sampling = dict(sampler="ddim", steps=50, eta=0.0, cfg_scale=2.0, grid_per_class=10)
 
     config.optimizer.learning_rate = 1e-3

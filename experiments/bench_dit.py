@@ -2,6 +2,7 @@
 
   python experiments/bench_dit.py [--model DiT-S/2] [--input 32,32,4] [--batch 8]
       [--sample_steps 50] [--cfg_scale 1.5] [--dtype float32] [--repeats 5] [--json out.json]
+      [--hidden_size N] [--depth N] [--num_heads N] [--patch_size N]   (override the zoo model)
 
 Measured in one run (ratios are what compare across noisy machines):
   * peak fp32 matmul FLOP/s of the default device (best of three rounds of 2048^2 matmuls);
@@ -19,13 +20,14 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mmgen_jax import benchmarking
+from mmgen_jax import benchmarking, xla_flags
 from mmgen_jax.diffusion.gaussian import GaussianDiffusion, betas_for_schedule, space_timesteps
 from mmgen_jax.diffusion.samplers import ddim_sample
 from mmgen_jax.models.dit import make_dit
@@ -42,14 +44,27 @@ def parse_args(argv=None):
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", default="bench_dit.json")
+    parser.add_argument(
+        "--plain_xla", action="store_true", help="skip mmgen_jax.xla_flags (to compare)"
+    )
+    for name in ("hidden_size", "depth", "num_heads", "patch_size"):
+        parser.add_argument(f"--{name}", type=int, help=f"override the zoo model's {name}")
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if not args.plain_xla:
+        xla_flags.configure_for_cpu()
     shape = tuple(int(v) for v in args.input.split(","))
+    overrides = {
+        name: getattr(args, name)
+        for name in ("hidden_size", "depth", "num_heads", "patch_size")
+        if getattr(args, name) is not None
+    }
     model = make_dit(
         args.model,
+        **overrides,
         in_channels=shape[-1],
         num_classes=args.num_classes,
         dtype=jnp.dtype(args.dtype),
@@ -127,12 +142,13 @@ def main(argv=None) -> dict:
 
     peak = benchmarking.matmul_peak()
     results = {
-        "model": args.model,
+        "model": args.model + "".join(f",{k}={v}" for k, v in overrides.items()),
         "input": list(shape),
         "batch": args.batch,
         "dtype": args.dtype,
         "params": n_params,
         "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "matmul_peak_gflops": peak / 1e9,
         "train_compile_s": compile_s,
         "train_step_s": train_s,

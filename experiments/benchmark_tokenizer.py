@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmgen_jax import benchmarking, config_lib
+from mmgen_jax import benchmarking, config_lib, xla_flags
 from mmgen_jax import sharding as sharding_lib
 from mmgen_jax.data import pipeline
 from mmgen_jax.trainers import get_objective_factory, loop
@@ -51,6 +51,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--override", nargs="*", default=[])
     args = parser.parse_args()
+    xla_flags.configure_for_cpu()
     config = load_config(args.config, args.override)
 
     mesh = sharding_lib.make_mesh(**config.mesh)

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 from PIL import Image
 
-from mmgen_jax import inference
+from mmgen_jax import inference, xla_flags
 from mmgen_jax.data import pipeline
 from mmgen_jax.metrics import save_png, to_uint8
 from mmgen_jax.models.vqvae import VQVAE
@@ -132,6 +132,7 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--output", required=True)
         p.add_argument("--batch_size", type=int, default=256)
     args = parser.parse_args(argv)
+    xla_flags.configure_for_cpu()
     try:
         (encode if args.command == "encode" else decode)(args)
     except (ValueError, FileNotFoundError) as err:

@@ -15,7 +15,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from mmgen_jax import trainers
+from mmgen_jax import trainers, xla_flags
 from mmgen_jax.trainers import loop, stages
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -40,6 +40,7 @@ def _configure_logging() -> None:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    xla_flags.configure_for_cpu()
     if _DISTRIBUTED.value:
         jax.distributed.initialize()
     _configure_logging()

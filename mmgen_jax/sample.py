@@ -20,7 +20,7 @@ import sys
 import jax
 import numpy as np
 
-from mmgen_jax import inference
+from mmgen_jax import inference, xla_flags
 from mmgen_jax.metrics import MetricWriter, save_png
 from mmgen_jax.trainers.generator import sample_grid
 
@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tag", default=None, help="file name stem (default from settings)")
     parser.add_argument("--classifier_workdir", default=None)
     args = parser.parse_args(argv)
+    xla_flags.configure_for_cpu()
     try:
         samples, labels, settings = generate(args.workdir, args)
     except (ValueError, FileNotFoundError) as err:

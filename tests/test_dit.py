@@ -14,7 +14,7 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import traverse_util
 
-from mmgen_jax.models import dit
+from mmgen_jax.models import dit, layers
 from mmgen_jax.models.dit import DiT, make_dit
 from mmgen_jax.tools import import_dit
 
@@ -383,6 +383,46 @@ def _tiny_state_dict(seed=0):
     return official_state_dict(
         seed, depth=2, hidden=64, patch=2, in_channels=4, input_size=TINY_INPUT, num_classes=10
     )
+
+
+def _largest_fusion(hlo_text: str) -> int:
+    """Instruction count of the largest fused computation in optimized HLO text."""
+    sizes, current = [], None
+    for line in hlo_text.splitlines():
+        if line.startswith("%fused_computation") or line.startswith("fused_computation"):
+            current = 0
+        elif current is not None and line.startswith("}"):
+            sizes.append(current)
+            current = None
+        elif current is not None:
+            current += 1
+    return max(sizes)
+
+
+def test_backward_work_does_not_grow_with_depth_squared():
+    """With the cotangent barriers between blocks (kept on CPU by xla_flags, as the test set-up
+    does for every entry point) no fused loop of the gradient step grows with depth; without
+    them XLA fuses each block's residual-gradient chain into every block below it."""
+    x = jnp.ones((2, 4, 4, 4))
+    t = jnp.array([1, 500])
+    y = jnp.array([0, 1])
+
+    def largest(depth):
+        model = DiT(
+            patch_size=1, in_channels=4, hidden_size=32, depth=depth, num_heads=2, num_classes=2
+        )
+        params = model.init(jax.random.PRNGKey(0), x, t, y)["params"]
+        grad = jax.jit(jax.grad(lambda p: jnp.sum(model.apply({"params": p}, x, t, y) ** 2)))
+        return _largest_fusion(grad.lower(params).compile().as_text())
+
+    assert largest(6) == largest(2)
+
+
+def test_materialize_cotangent_is_the_identity_and_passes_gradients():
+    x = jnp.arange(6.0).reshape(2, 3)
+    fn = lambda v: jnp.sum(jnp.sin(layers.materialize_cotangent(v) * 2.0))  # noqa: E731
+    np.testing.assert_array_equal(layers.materialize_cotangent(x), x)
+    np.testing.assert_allclose(jax.grad(fn)(x), 2.0 * np.cos(2.0 * np.asarray(x)), rtol=1e-6)
 
 
 def test_importer_maps_every_tensor():

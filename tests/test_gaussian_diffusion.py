@@ -337,6 +337,41 @@ def test_mse_loss_targets(mean_type):
     np.testing.assert_array_equal(seen["timesteps"], t)
 
 
+@pytest.mark.parametrize("mean_type", ["epsilon", "v", "x0"])
+def test_min_snr_weighted_loss_is_capped_snr_times_x0_error(mean_type):
+    """Min-SNR-gamma: whatever the target, the weighted loss is min(SNR, gamma) * |x0 error|^2,
+    with the x0 prediction recovered from the model output in numpy."""
+    betas = betas_for_schedule("linear", 1000)
+    diffusion = GaussianDiffusion.from_betas(betas, model_mean_type=mean_type)
+    alphas_cumprod = reference_alphas_cumprod(betas)
+    rng = np.random.default_rng(6)
+    x0 = rng.uniform(-1, 1, (4, 3, 2))
+    noise = rng.standard_normal((4, 3, 2))
+    output = rng.standard_normal((4, 3, 2))
+    t = np.array([0, 100, 300, 999])  # SNR from ~1e4 down to ~4e-5: both sides of gamma = 5
+    alpha = alphas_cumprod[t][:, None, None]
+    x_t = np.sqrt(alpha) * x0 + np.sqrt(1 - alpha) * noise
+    x0_pred = {
+        "epsilon": (x_t - np.sqrt(1 - alpha) * output) / np.sqrt(alpha),
+        "v": np.sqrt(alpha) * x_t - np.sqrt(1 - alpha) * output,
+        "x0": output,
+    }[mean_type]
+    snr = alphas_cumprod[t] / (1 - alphas_cumprod[t])
+    expected = np.minimum(snr, 5.0) * np.mean((x0_pred - x0) ** 2, axis=(1, 2))
+
+    losses = diffusion.training_losses(
+        lambda x_t, timesteps, y: jnp.asarray(output, jnp.float32),
+        jnp.asarray(x0, jnp.float32),
+        jnp.asarray(t),
+        jnp.asarray(noise, jnp.float32),
+        min_snr_gamma=5.0,
+    )
+    np.testing.assert_allclose(losses["mse"], expected, rtol=2e-4)
+    np.testing.assert_allclose(diffusion.snr(jnp.asarray(t)), snr, rtol=1e-5)
+    with pytest.raises(ValueError, match="min_snr_gamma"):
+        diffusion.mse_weight(jnp.asarray(t), 0.0)
+
+
 def test_hybrid_loss_vb_term_and_stop_gradient():
     betas = betas_for_schedule("linear", 1000)
     diffusion = GaussianDiffusion.from_betas(betas, learn_sigma=True)

@@ -506,6 +506,29 @@ class GaussianDiffusion:
             - _extract(self.sqrt_one_minus_alphas_cumprod, t, x0.ndim) * x0
         )
 
+    def snr(self, t: jax.Array) -> jax.Array:
+        """Signal-to-noise ratio alpha_bar_t / (1 - alpha_bar_t) at step indices t."""
+        # From the float64-precomputed sqrt(1 / alpha_bar - 1): no fp32 1 - alpha_bar cancellation.
+        return 1.0 / jnp.square(jnp.asarray(self.sqrt_recipm1_alphas_cumprod, jnp.float32)[t])
+
+    def mse_weight(self, t: jax.Array, gamma: float) -> jax.Array:
+        """Min-SNR-gamma loss weight (Hang et al. 2023) for this process's prediction target.
+
+        The weight makes the loss equal to min(SNR, gamma) times the x0-space error: for an
+        epsilon target min(SNR, gamma) / SNR, for x0 min(SNR, gamma), for v
+        min(SNR, gamma) / (SNR + 1). It caps the weight of the many easy low-noise steps, so
+        the steps that shape the sample train faster.
+        """
+        if gamma <= 0:
+            raise ValueError(f"min_snr_gamma must be positive, got {gamma}")
+        snr = self.snr(t)
+        clipped = jnp.minimum(snr, gamma)
+        if self.model_mean_type == "epsilon":
+            return clipped / snr
+        if self.model_mean_type == "x0":
+            return clipped
+        return clipped / (snr + 1.0)
+
     def training_losses(
         self,
         model_fn: ModelFn,
@@ -513,21 +536,26 @@ class GaussianDiffusion:
         t: jax.Array,
         noise: jax.Array,
         y: Any = None,
+        min_snr_gamma: float | None = None,
     ) -> dict[str, jax.Array]:
         """Per-example losses [B] for data x0 [B, *S, C] noised to step indices t [B].
 
         'mse': mean over non-batch axes of (target - prediction)^2 (Ho et al. 2020, eq. 14;
-        the target follows `model_mean_type`). With `learn_sigma`, 'vb' is the variational-bound
-        term with the mean output stop-gradient'ed, so it trains only the variance (the hybrid
-        loss of Nichol & Dhariwal 2021, sec. 3.1, with lambda = 1 as in DiT; improved-diffusion's
-        extra T / 1000 factor is 1 for T = 1000). 'loss' = 'mse' (+ 'vb').
+        the target follows `model_mean_type`), times `mse_weight(t, min_snr_gamma)` when a
+        gamma is given. With `learn_sigma`, 'vb' is the variational-bound term with the mean
+        output stop-gradient'ed, so it trains only the variance (the hybrid loss of Nichol &
+        Dhariwal 2021, sec. 3.1, with lambda = 1 as in DiT; improved-diffusion's extra T / 1000
+        factor is 1 for T = 1000). 'loss' = 'mse' (+ 'vb').
         """
         x0 = x0.astype(jnp.float32)
         noise = noise.astype(jnp.float32)
         x_t = self.q_sample(x0, t, noise)  # [B, *S, C]
         model_output = model_fn(x_t, self.model_timesteps(t), y)
         prediction, variance_values = self.split_model_output(model_output, x0.shape[-1])
-        terms = {"mse": mean_flat(jnp.square(self.training_target(x0, t, noise) - prediction))}
+        mse = mean_flat(jnp.square(self.training_target(x0, t, noise) - prediction))
+        if min_snr_gamma is not None:
+            mse = mse * self.mse_weight(t, min_snr_gamma)
+        terms = {"mse": mse}
         if variance_values is not None:
             frozen_output = jnp.concatenate(
                 [jax.lax.stop_gradient(prediction), variance_values], axis=-1

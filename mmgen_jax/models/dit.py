@@ -35,6 +35,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mmgen_jax.models.layers import materialize_cotangent
+
 PatchSize = int | Sequence[int]
 
 FREQUENCY_EMBEDDING_SIZE = 256  # timestep frequency features fed to the timestep MLP
@@ -484,10 +486,12 @@ class DiT(nn.Module):
 
         block = nn.remat(DiTBlock) if self.remat else DiTBlock
         for index in range(self.depth):
+            h = materialize_cotangent(h)
             h = block(
                 self.hidden_size, self.num_heads, self.mlp_ratio, self.dtype, name=f"blocks_{index}"
             )(h, c)  # [B, N, D]
 
         out_features = math.prod(patch) * self.out_channels
+        h = materialize_cotangent(h)
         h = FinalLayer(self.hidden_size, out_features, self.dtype, name="final_layer")(h, c)
         return unpatchify(h.astype(jnp.float32), grid, patch, self.out_channels)

@@ -143,6 +143,8 @@ class GeneratorObjective:
             learn_sigma=model.learn_sigma,
         )
         self.diffusion = build_diffusion(config)
+        # 0 = the paper's uniform weighting of the epsilon MSE.
+        self.min_snr_gamma = config.diffusion.get("min_snr_gamma", 0.0) or None
         self.sampling = config.sampling
         self.check_sampling_request(None, float(config.sampling.cfg_scale))
         self._samplers: dict[tuple, Any] = {}
@@ -195,7 +197,9 @@ class GeneratorObjective:
                 rngs={"label_dropout": dropout_rng},
             )
 
-        return self.diffusion.training_losses(model_fn, x0, t, noise, self._labels(batch))
+        return self.diffusion.training_losses(
+            model_fn, x0, t, noise, self._labels(batch), min_snr_gamma=self.min_snr_gamma
+        )
 
     def loss(self, params, model_state, batch: Batch, rng: jax.Array):
         terms = self._losses(params, model_state, batch, rng, train=True)
