@@ -8,7 +8,8 @@ Measured in one run (ratios are what compare across noisy machines):
   * peak fp32 matmul FLOP/s of the default device (best of three rounds of 2048^2 matmuls);
   * train step (loss + grads + AdamW update of the Gaussian-diffusion hybrid loss): compile time,
     images/s, FLOPs from XLA's cost analysis, achieved FLOP/s and its ratio to the matmul peak,
-    compiled memory (arguments + temporaries);
+    compiled memory (arguments + temporaries), and from a profiler trace the share of the step
+    spent in matmul kernels, with the ten most expensive ops;
   * forward pass: images/s and ratio to peak;
   * `--sample_steps` DDIM steps with classifier-free guidance (batch doubled): seconds per batch;
   * peak resident memory of the process.
@@ -117,6 +118,7 @@ def main(argv=None) -> dict:
         return loss
 
     train_s = benchmarking.time_calls(call_train, args.repeats)
+    breakdown = benchmarking.op_time_breakdown(call_train, repeats=2)
 
     forward = jax.jit(lambda p, x, t, y: model.apply({"params": p}, x, t, y))
     forward_c, _ = benchmarking.compile_timed(forward, state[0], x, t, y)
@@ -157,6 +159,13 @@ def main(argv=None) -> dict:
         "train_gflops": train_flops / train_s / 1e9,
         "train_fraction_of_peak": train_flops / train_s / peak,
         "train_compiled_memory_mb": sum(train_memory.values()) / 2**20,
+        # From a profiler trace: the share of op time in matmul kernels, and the FLOP/s those
+        # kernels reach if they did all the step's FLOPs (the elementwise rest is memory-bound).
+        "train_matmul_share_of_op_time": breakdown["matmul_ms"] / max(breakdown["op_ms"], 1e-9),
+        "train_matmul_kernels_fraction_of_peak": (
+            train_flops / (breakdown["matmul_ms"] / 1e3) / peak if breakdown["matmul_ms"] else 0.0
+        ),
+        "train_top_ops_ms": breakdown["top_ops"],
         "forward_images_per_s": args.batch / forward_s,
         "forward_fraction_of_peak": forward_flops / forward_s / peak,
         "sample_steps": args.sample_steps,

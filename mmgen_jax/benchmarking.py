@@ -69,3 +69,54 @@ def time_calls(call: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
 def peak_rss_bytes() -> float:
     """Peak resident memory of this process so far (Linux reports kilobytes)."""
     return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+MATMUL_OP_MARKERS = ("dot", "ynn", "onednn", "conv", "gemm", "matmul", "cublas", "cutlass")
+
+
+def op_time_breakdown(call: Callable[[], Any], repeats: int = 3) -> dict[str, Any]:
+    """Where a compiled call spends its time, from a `jax.profiler` trace of `repeats` calls.
+
+    Returns per-call milliseconds of the XLA ops named in the trace, split into matmul-like
+    kernels (names containing one of `MATMUL_OP_MARKERS`: dots, convolutions, library GEMMs)
+    and the rest (elementwise and reduction fusions, copies), plus the ten most expensive op
+    names. It explains a low FLOP/s ratio: the FLOPs are in the matmuls, the rest is memory-bound
+    work. Empty figures when the backend's trace names no XLA ops.
+    """
+    import collections
+    import glob
+    import gzip
+    import json
+    import os
+    import re
+    import tempfile
+
+    jax.block_until_ready(call())  # compiled and warm before tracing
+    with tempfile.TemporaryDirectory() as directory:
+        jax.profiler.start_trace(directory)
+        try:
+            for _ in range(repeats):
+                out = call()
+            jax.block_until_ready(out)
+        finally:
+            jax.profiler.stop_trace()
+        traces = glob.glob(os.path.join(directory, "**", "*.trace.json.gz"), recursive=True)
+        events = []
+        for path in traces:
+            with gzip.open(path) as f:
+                events += json.load(f).get("traceEvents", [])
+    per_op: collections.Counter = collections.Counter()
+    for event in events:
+        name = event.get("name", "")
+        # XLA ops appear as HLO instruction names (`fusion.3`, `ynn_fusion.12`, `dot.1`).
+        if event.get("ph") != "X" or not re.fullmatch(r"[a-z_]+(\.\d+)?", name):
+            continue
+        per_op[re.sub(r"\.\d+$", "", name)] += event.get("dur", 0) / 1e3 / repeats
+    matmul = sum(ms for name, ms in per_op.items() if any(m in name for m in MATMUL_OP_MARKERS))
+    total = sum(per_op.values())
+    return {
+        "op_ms": total,
+        "matmul_ms": matmul,
+        "other_ms": total - matmul,
+        "top_ops": [(name, round(ms, 2)) for name, ms in per_op.most_common(10)],
+    }

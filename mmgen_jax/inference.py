@@ -8,29 +8,21 @@ checkpoint onto the current devices.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any
 
 import ml_collections
 
 from mmgen_jax import checkpoint as checkpoint_lib
+from mmgen_jax import run_files, trainers
 from mmgen_jax import sharding as sharding_lib
-from mmgen_jax import trainers
-from mmgen_jax.data import pipeline
 from mmgen_jax.trainers import loop
 from mmgen_jax.trainers.state import make_optimizer
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
     """The config a run was trained with (`<workdir>/config.json`)."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(
-            f"{path} does not exist: {workdir!r} is not a trained mmgen_jax workdir"
-        )
-    with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+    return run_files.read_config(workdir)
 
 
 @dataclasses.dataclass
@@ -60,7 +52,7 @@ def load_trained(workdir: str, *, use_ema: bool | None = None) -> TrainedRun:
     step = checkpointer.latest_step()
     if step is None:
         raise FileNotFoundError(f"no complete checkpoint under {checkpointer.directory}")
-    info = pipeline.dataset_info(config.data)
+    info = run_files.read_dataset_info(workdir, config.data)
     objective = trainers.get_objective_factory(config.trainer)(config, info)
     tx, _ = make_optimizer(config.optimizer, config.training.total_steps)
     mesh = sharding_lib.make_mesh(data=-1, fsdp=1)

@@ -47,7 +47,9 @@ def generate(workdir: str, args) -> tuple[np.ndarray, np.ndarray | None, dict]:
         steps=args.steps or config.sampling.steps,
         cfg_scale=float(config.sampling.cfg_scale if args.cfg_scale is None else args.cfg_scale),
         eta=float(config.sampling.eta if args.eta is None else args.eta),
-        cfg_channels=args.cfg_channels,
+        cfg_channels=args.cfg_channels
+        if args.cfg_channels is not None
+        else config.sampling.get("cfg_channels", 0) or None,
     )
     objective.check_sampling_request(labels, settings["cfg_scale"])
     params = variables.pop("params")
@@ -101,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
         samples=samples,
         labels=np.asarray([] if labels is None else labels),
     )
-    if samples.ndim == 4:
+    if samples.ndim == 4 and samples.shape[-1] in (1, 3):
         per_row = int(np.max(labels)) + 1 if labels is not None else 10
         save_png(os.path.join(out_dir, f"{tag}.png"), sample_grid(samples, min(per_row, 10)))
     if args.classifier_workdir:

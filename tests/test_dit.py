@@ -10,7 +10,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 from flax import traverse_util
 
@@ -495,8 +494,11 @@ def test_importer_rejects_a_foreign_pos_embed():
         import_dit.load_torch_dit(state, **TINY_IMPORT)
 
 
-def test_cli_converts_and_saves(tmp_path, monkeypatch):
-    """main() on an .npz checkpoint of a tiny zoo entry (64px images -> 8x8 latents)."""
+def test_cli_writes_a_generator_workdir_the_sampler_uses(tmp_path, monkeypatch):
+    """main() on an .npz checkpoint of a tiny zoo entry (64px images -> 8x8 latents) writes a
+    workdir that `inference.load_trained` restores and `mmgen_jax.sample` samples from."""
+    from mmgen_jax import inference, sample
+
     monkeypatch.setitem(
         dit.DIT_CONFIGS, "DiT-T/2", dict(depth=2, hidden_size=64, num_heads=4, patch_size=2)
     )
@@ -520,10 +522,55 @@ def test_cli_converts_and_saves(tmp_path, monkeypatch):
         learn_sigma=True,
         class_dropout_prob=0.1,
     )
-    restored = ocp.StandardCheckpointer().restore(workdir / "imported_dit")
+    run = inference.load_trained(str(workdir))
+    assert run.step == 0 and run.info["shape"] == (8, 8, 4)
     np.testing.assert_array_equal(
-        restored["params"]["blocks_0"]["mlp"]["fc2"]["kernel"], state["blocks.0.mlp.fc2.weight"].T
+        run.variables["params"]["blocks_0"]["mlp"]["fc2"]["kernel"],
+        state["blocks.0.mlp.fc2.weight"].T,
     )
+    # The restored generator computes what the imported model computes.
+    model, variables = import_dit.load_torch_dit(state, **metadata["model_args"])
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 8, 8, 4)), jnp.float32)
+    t, y = jnp.array([10, 900]), jnp.array([3, 1000])
+    np.testing.assert_allclose(
+        run.objective.model.apply({"params": run.variables["params"]}, x, t, y),
+        model.apply(variables, x, t, y),
+        rtol=1e-6,
+        atol=1e-6,
+    )
+
+    sample.main(["--workdir", str(workdir), "--num_samples", "2", "--steps", "3", "--tag", "s"])
+    samples = np.load(workdir / "samples" / "s.npz")["samples"]
+    settings = json.loads((workdir / "samples" / "s.json").read_text())
+    assert samples.shape == (2, 8, 8, 4) and np.isfinite(samples).all()
+    assert (settings["sampler"], settings["cfg_channels"], settings["cfg_scale"]) == (
+        "ddpm",
+        3,
+        1.5,
+    )
+    with pytest.raises(FileExistsError, match="already holds a checkpoint"):
+        import_dit.main([*argv, "--workdir", str(workdir)])
+
+
+def test_imported_config_has_the_sections_of_the_dit_config():
+    from mmgen_jax import config_lib
+
+    reference = config_lib.load_config_file("configs/dit.py")
+    imported = import_dit.generator_config(
+        dict(
+            patch_size=2,
+            hidden_size=64,
+            depth=2,
+            num_heads=4,
+            class_dropout_prob=0.1,
+            learn_sigma=True,
+        )
+    )
+
+    def keys(config):
+        return set(traverse_util.flatten_dict(config.to_dict()))
+
+    assert keys(imported) == keys(reference)
 
 
 def test_load_state_dict_formats(tmp_path):

@@ -45,6 +45,13 @@ def test_training_reduces_loss_on_8_devices(data_dir, tmp_path):
     assert {"psnr", "ssim", "codebook_usage", "perplexity", "dead_codes"} <= set(test[0])
     assert os.path.exists(tmp_path / "images" / "test_reconstructions_0000040.png")
     assert json.load(open(tmp_path / "config.json"))["trainer"] == "tokenizer"
+    # The dataset description is saved too, so tools need not open the dataset again.
+    info = json.load(open(tmp_path / "dataset_info.json"))
+    assert info == {
+        "shape": [8, 8, 1],
+        "num_classes": 10,
+        "num_examples": {"train": 1300, "validation": 200, "test": 297},
+    }
 
 
 def test_rerun_resumes_from_the_latest_checkpoint(data_dir, tmp_path):

@@ -3,10 +3,15 @@
     python -m mmgen_jax.tools.import_dit --checkpoint DiT-XL-2-256x256.pt --model DiT-XL/2 \
         --image-size 256 --workdir DIR
 
-writes the Flax variables with Orbax to `DIR/imported_dit` and the model arguments to
-`DIR/imported_dit.json`. Reading (`load_state_dict`), converting (`torch_to_flax_params`,
-`load_torch_dit`) and saving (`save_imported`) are separate steps so that other code can reuse
-the conversion with its own checkpoint format.
+writes DIR as a generator workdir that `python -m mmgen_jax.sample --workdir DIR` samples from
+directly: `config.json` (the DiT, the paper's linear schedule and learned sigma, sampling
+defaults of the official `sample.py`: 250 DDPM steps, guidance on the first 3 channels),
+`dataset_info.json` (latent shape, 1000 classes) and a step-0 checkpoint whose parameters and
+EMA parameters are the imported weights (the optimizer state is fresh, so training can continue
+from it). The generator works in 'raw' space: samples are SD-VAE latents (`samples.npz`) until a
+VAE decoder is attached. `DIR/imported_dit.json` records the source file and model arguments.
+Reading (`load_state_dict`), converting (`torch_to_flax_params`, `load_torch_dit`) and writing
+(`write_generator_workdir`) are separate steps so that other code can reuse the conversion.
 
 The conversion is a fixed key map with layout changes only: Linear weights `[out, in]` become
 kernels `[in, out]` and the patch-embedding Conv weight `[out, in, kh, kw]` becomes `[kh, kw,
@@ -25,10 +30,12 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from flax import traverse_util
 from flax.core import meta
 
+from mmgen_jax import config_lib
 from mmgen_jax.models.dit import DiT, dit_config, sincos_pos_embed
 
 POS_EMBED_KEY = "pos_embed"
@@ -284,23 +291,77 @@ def convert_checkpoint(
     return model_args, variables
 
 
-def save_imported(workdir: str, variables: Mapping[str, Any], metadata: Mapping[str, Any]) -> str:
-    """Write `variables` with Orbax to `workdir/imported_dit` and `metadata` to
-    `workdir/imported_dit.json` (both overwritten); returns the checkpoint directory."""
-    import orbax.checkpoint as ocp
+def generator_config(model_args: Mapping[str, Any]) -> ml_collections.ConfigDict:
+    """A generator config (same sections as `configs/dit.py`) for the imported model."""
+    config = config_lib.base_config()
+    config.trainer = "generator"
+    config.name = "imported_dit"
+    config.data.name = "imagenet2012"  # what the official model was trained on (as latents)
+    config.generator = dict(
+        space="raw", tokenizer_workdir="", class_conditional=True, stats_examples=0
+    )
+    config.model = dict(
+        patch_size=model_args["patch_size"],
+        hidden_size=model_args["hidden_size"],
+        depth=model_args["depth"],
+        num_heads=model_args["num_heads"],
+        mlp_ratio=4.0,
+        class_dropout_prob=model_args["class_dropout_prob"],
+        learn_sigma=model_args["learn_sigma"],
+    )
+    config.diffusion = dict(
+        num_timesteps=1000, schedule="linear", mean_type="epsilon", min_snr_gamma=0.0
+    )
+    config.sampling = dict(
+        sampler="ddpm", steps=250, eta=0.0, cfg_scale=1.5, cfg_channels=3, grid_per_class=1
+    )
+    config.optimizer.learning_rate = 1e-4  # the paper's constant AdamW rate
+    config.optimizer.weight_decay = 0.0
+    config.training.global_batch_size = 256
+    config.training.ema_decay = 0.9999
+    return config.lock()
+
+
+def write_generator_workdir(
+    workdir: str,
+    model_args: Mapping[str, Any],
+    variables: Mapping[str, Any],
+    provenance: Mapping[str, Any],
+) -> ml_collections.ConfigDict:
+    """Write `workdir` as a generator run holding the imported weights at step 0 (see the module
+    docstring); an existing checkpoint there is an error rather than silently replaced."""
+    from mmgen_jax import checkpoint as checkpoint_lib
+    from mmgen_jax import run_files
+    from mmgen_jax.trainers.state import create_train_state, make_optimizer
 
     workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
-    directory = os.path.join(workdir, "imported_dit")
-    checkpointer = ocp.StandardCheckpointer()
+    config = generator_config(model_args)
+    checkpointer = checkpoint_lib.Checkpointer(
+        os.path.join(workdir, "checkpoints"), async_save=False
+    )
     try:
-        checkpointer.save(directory, dict(variables), force=True)
-        checkpointer.wait_until_finished()
+        if checkpointer.latest_step() is not None:
+            raise FileExistsError(
+                f"{checkpointer.directory} already holds a checkpoint; import into a new workdir"
+            )
+        size = model_args["input_size"]
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        info = {
+            "shape": (*size, model_args["in_channels"]),
+            "num_classes": model_args["num_classes"],
+            "num_examples": {},
+        }
+        tx, _ = make_optimizer(config.optimizer, config.training.total_steps)
+        params = jax.tree.map(jnp.asarray, dict(variables["params"]))
+        state = create_train_state(params, {}, tx, jax.random.PRNGKey(config.seed))
+        run_files.write(workdir, config, info)
+        checkpointer.save(0, state, meta={"imported_from": dict(provenance)})
+        checkpointer.wait()
     finally:
         checkpointer.close()
     with open(os.path.join(workdir, "imported_dit.json"), "w") as file:
-        json.dump(dict(metadata), file, indent=2, sort_keys=True)
-    return directory
+        json.dump({**provenance, "model_args": dict(model_args)}, file, indent=2, sort_keys=True)
+    return config
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -316,10 +377,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         "model": args.model,
         "image_size": args.image_size,
         "checkpoint": os.path.abspath(args.checkpoint),
-        "model_args": model_args,
     }
-    directory = save_imported(args.workdir, variables, metadata)
-    print(f"imported {args.model} from {args.checkpoint} into {directory}")
+    write_generator_workdir(args.workdir, model_args, variables, metadata)
+    print(
+        f"imported {args.model} from {args.checkpoint} into {args.workdir}; sample with\n"
+        f"  python -m mmgen_jax.sample --workdir {args.workdir} --num_samples 8"
+    )
 
 
 if __name__ == "__main__":

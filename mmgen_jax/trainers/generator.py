@@ -9,6 +9,11 @@ deviation estimated from training data, and diffused. Samples are un-normalised,
 nearest code and decoded back to signals. The frozen tokenizer's variables and the latent
 statistics are kept in the train state's `model_state` (never updated), so a generator
 checkpoint alone is enough to sample.
+
+Raw space: the DiT's own input space with nothing attached, for weights made elsewhere (the
+official DiT checkpoints model Stable-Diffusion-VAE latents; `mmgen_jax.tools.import_dit`
+writes such a workdir). Samples are returned as the model makes them, neither clipped nor
+decoded.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from mmgen_jax.trainers.objective import Batch
 TOKENIZER = "tokenizer"  # model_state collection holding the frozen tokenizer variables
 LATENT_NORM = "latent_norm"  # model_state collection holding the per-channel mean / std
 SAMPLERS = ("ddim", "ddpm")
+SPACES = ("pixel", "latent", "raw")
 
 
 def build_diffusion(config: ml_collections.ConfigDict) -> GaussianDiffusion:
@@ -108,8 +114,8 @@ class GeneratorObjective:
 
     def __init__(self, config: ml_collections.ConfigDict, info: dict[str, Any]):
         generator = config.generator
-        if generator.space not in ("pixel", "latent"):
-            raise ValueError(f"generator.space={generator.space!r} is not 'pixel' or 'latent'")
+        if generator.space not in SPACES:
+            raise ValueError(f"generator.space={generator.space!r} is not one of {SPACES}")
         self.space = generator.space
         self.num_classes = int(info["num_classes"] or 0) if generator.class_conditional else 0
         self.signal_shape = tuple(info["shape"])
@@ -153,7 +159,7 @@ class GeneratorObjective:
 
     def to_latent(self, model_state, x: jax.Array) -> jax.Array:
         """Signals [B, *S, C] -> normalised diffusion-space data [B, *latent_shape]."""
-        if self.space == "pixel":
+        if self.space in ("pixel", "raw"):
             return x
         z = self.tokenizer.encode(model_state[TOKENIZER], x)
         norm = model_state[LATENT_NORM]
@@ -161,6 +167,8 @@ class GeneratorObjective:
 
     def to_signal(self, model_state, z: jax.Array) -> jax.Array:
         """Diffusion-space samples -> signals in [-1, 1] (decoded through the tokenizer)."""
+        if self.space == "raw":
+            return z
         if self.space == "pixel":
             return jnp.clip(z, -1.0, 1.0)
         norm = model_state[LATENT_NORM]
@@ -222,7 +230,7 @@ class GeneratorObjective:
         return {name: float(value) / count for name, value in sums.items() if name != "count"}
 
     def visualize(self, params, model_state, batch: Batch) -> dict[str, np.ndarray]:
-        if len(self.signal_shape) != 3:
+        if len(self.signal_shape) != 3 or self.signal_shape[-1] not in (1, 3):
             return {}
         per_class = self.sampling.grid_per_class
         labels = np.repeat(np.arange(max(self.num_classes, 1)), per_class)
@@ -277,6 +285,8 @@ class GeneratorObjective:
         steps = steps or sampling.steps
         cfg_scale = float(sampling.cfg_scale if cfg_scale is None else cfg_scale)
         eta = float(sampling.eta if eta is None else eta)
+        if cfg_channels is None:  # config value 0 (or absent) = guide every channel
+            cfg_channels = sampling.get("cfg_channels", 0) or None
         self.check_sampling_request(labels, cfg_scale)
         key = (sampler, steps, cfg_scale, eta, cfg_channels, num_samples)
         if key not in self._samplers:

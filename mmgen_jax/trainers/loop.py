@@ -26,6 +26,7 @@ import numpy as np
 import optax
 
 from mmgen_jax import checkpoint as checkpoint_lib
+from mmgen_jax import run_files
 from mmgen_jax import sharding as sharding_lib
 from mmgen_jax.data import pipeline
 from mmgen_jax.metrics import MetricWriter, Progress
@@ -197,13 +198,6 @@ class _Run:
         self.progress.update(last_step, loss=means["loss"])
 
 
-def _save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-    if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-
-
 def _evaluate_split(run: _Run, objective, state, split: str, eval_step, mesh) -> None:
     """Evaluate on `split` ('eval' = validation, 'test'), log metrics and write images."""
     config = run.config
@@ -244,7 +238,7 @@ def train_and_evaluate(
         )
         try:
             state = initialize_or_restore(config, init, abstract, shardings, checkpointer)
-            _save_config(config, workdir)
+            run_files.write(workdir, config, info)
             step_fn = jax.jit(
                 functools.partial(
                     train_step,

@@ -35,7 +35,8 @@ def _stage_config(config: ml_collections.ConfigDict, name: str, workdir: str):
 
 
 def _sample_and_score(config, workdir: str) -> dict[str, float]:
-    """Sample a classes x per-class grid from the generator stage and score it."""
+    """Sample `final.per_class` examples of every class from the generator stage, score them and
+    save them with a grid of the first `final.grid_per_class` of each class."""
     final = config.final
     generator_dir = os.path.join(workdir, final.generator_stage)
     run = inference.load_trained(generator_dir)
@@ -48,7 +49,12 @@ def _sample_and_score(config, workdir: str) -> dict[str, float]:
             params, variables, labels, jax.random.PRNGKey(final.seed), num_samples=len(labels)
         )
     )
-    save_png(os.path.join(workdir, "samples.png"), sample_grid(samples, final.per_class))
+    shown = min(final.grid_per_class, final.per_class)
+    grid = samples.reshape(num_classes, final.per_class, *samples.shape[1:])[:, :shown]
+    save_png(
+        os.path.join(workdir, "samples.png"),
+        sample_grid(grid.reshape(-1, *samples.shape[1:]), shown),
+    )
     np.savez_compressed(os.path.join(workdir, "samples.npz"), samples=samples, labels=labels)
     scores = evaluation.score_samples(
         os.path.join(workdir, final.classifier_stage), samples, labels
