@@ -54,7 +54,7 @@ def main() -> None:
     xla_flags.configure_for_cpu()
     config = load_config(args.config, args.override)
 
-    mesh = sharding_lib.make_mesh(**config.mesh)
+    mesh = sharding_lib.make_mesh(config.mesh.data, config.mesh.fsdp)
     info = pipeline.dataset_info(config.data)
     objective = get_objective_factory(config.trainer)(config, info)
     tx, schedule = make_optimizer(config.optimizer, config.training.total_steps)

@@ -9,19 +9,29 @@ becomes the latest checkpoint.
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from collections.abc import Mapping
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import traverse_util
+from jax.experimental import multihost_utils
+
+logger = logging.getLogger(__name__)
 
 
 def param_shapes(params: Any) -> dict[str, list[int]]:
     """{'encoder/stem/kernel': [3, 3, 1, 64], ...}: a fingerprint of the model architecture."""
     flat = traverse_util.flatten_dict(params, sep="/")
     return {path: list(leaf.shape) for path, leaf in sorted(flat.items())}
+
+
+class ModelMismatchError(ValueError):
+    """A checkpoint holds a different model than the one being restored into."""
 
 
 def check_same_model(saved: Mapping[str, list[int]], current: Mapping[str, list[int]], where: str):
@@ -46,7 +56,7 @@ def check_same_model(saved: Mapping[str, list[int]], current: Mapping[str, list[
         details.append(
             f"{len(only_current)} parameters only in this config, e.g. {only_current[0]!r}"
         )
-    raise ValueError(
+    raise ModelMismatchError(
         f"the checkpoint in {where} was written by a different model: {'; '.join(details)}. "
         "Use a new --workdir or the config that wrote it."
     )
@@ -114,6 +124,50 @@ class Checkpointer:
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
         )
         return restored.state, meta
+
+    def restore_newest(self, abstract_state: Any) -> tuple[Any, dict[str, Any], int] | None:
+        """(state, meta, step) of the newest checkpoint that can be read, or None if there is
+        no checkpoint. A newer checkpoint whose files are unreadable (a disk failure, files
+        removed by hand) is skipped with a warning naming it; Orbax never lists a write that
+        did not finish. A checkpoint of another model is an error, and so is a directory
+        whose checkpoints are all unreadable: nothing is silently re-initialised over a run.
+        """
+        steps = sorted(self.all_steps(), reverse=True)
+        if not steps:
+            return None
+        for step in steps:
+            try:
+                state, meta = self.restore(step, abstract_state)
+            except ModelMismatchError:
+                raise
+            except Exception as error:  # noqa: BLE001 - any read failure means "unreadable"
+                logger.warning(
+                    "skipping unreadable checkpoint %s: %s: %s",
+                    os.path.join(self.directory, str(step)),
+                    type(error).__name__,
+                    str(error).splitlines()[0][:300] if str(error) else "",
+                )
+                self._set_aside(step)
+                continue
+            return state, meta, step
+        raise RuntimeError(
+            f"none of the checkpoints {steps} under {self.directory} can be read; move the "
+            "directory away to start a new run"
+        )
+
+    def _set_aside(self, step: int) -> None:
+        """Rename an unreadable step directory to `unreadable-<step>-<time>` (kept for
+        inspection, ignored by Orbax) so that the step can be written again."""
+        if jax.process_index() == 0:
+            path = epath.Path(self.directory)
+            (path / str(step)).rename(path / f"unreadable-{step}-{int(time.time())}")
+        multihost_utils.sync_global_devices(f"mmgen_jax set aside checkpoint {step}")
+        self._manager.reload()
+
+    def reached_preemption(self, step: int) -> bool:
+        """True on every process at the same step once JAX's multi-host preemption sync saw a
+        preemption notice (always False in a single process without `jax.distributed`)."""
+        return bool(self._manager.reached_preemption(step))
 
     def wait(self) -> None:
         """Block until every pending save is fully written."""

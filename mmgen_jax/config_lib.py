@@ -15,6 +15,8 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
+from mmgen_jax import sharding
+
 
 def _convert(text: str, default: Any) -> Any:
     """Interpret `text` with the type of `default` (bools accept true/false/1/0)."""
@@ -113,6 +115,13 @@ def base_config() -> ml_collections.ConfigDict:
         augment=(),  # names from mmgen_jax.augment.AUGMENTATIONS, drawn inside the step
         max_steps_in_flight=2,  # dispatched but unfinished steps the host may queue
     )
-    # Device mesh: -1 fills the axis with the remaining devices.
-    config.mesh = dict(data=-1, fsdp=1)
+    # Device mesh: -1 fills the axis with the remaining devices. `rules` map the models' logical
+    # axis names to mesh axes (mmgen_jax/sharding.py); unannotated leaves of at least
+    # `fallback_min_size` elements are split over 'fsdp' on their largest divisible axis.
+    config.mesh = dict(
+        data=-1,
+        fsdp=1,
+        rules=sharding.DEFAULT_RULES,
+        fallback_min_size=sharding.DEFAULT_FALLBACK_MIN_SIZE,
+    )
     return config

@@ -30,6 +30,23 @@ _DISTRIBUTED = flags.DEFINE_bool(
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def _initialize_distributed() -> None:
+    """Join the multi-controller runtime. On TPU VMs and Slurm/Kubernetes clusters JAX finds the
+    coordinator itself; elsewhere (e.g. several processes on one machine) set
+    MMGEN_COORDINATOR_ADDRESS (host:port), MMGEN_NUM_PROCESSES and MMGEN_PROCESS_ID. CPU-only
+    processes exchange collectives over gloo."""
+    if xla_flags.runs_on_cpu_only():
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    kwargs = {}
+    if os.environ.get("MMGEN_COORDINATOR_ADDRESS"):
+        kwargs = dict(
+            coordinator_address=os.environ["MMGEN_COORDINATOR_ADDRESS"],
+            num_processes=int(os.environ["MMGEN_NUM_PROCESSES"]),
+            process_id=int(os.environ["MMGEN_PROCESS_ID"]),
+        )
+    jax.distributed.initialize(**kwargs)
+
+
 def _configure_logging() -> None:
     """INFO for this package; WARNING for libraries (Orbax, TFDS) unless --verbosity is given."""
     if not flags.FLAGS["verbosity"].present:
@@ -42,7 +59,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     xla_flags.configure_for_cpu()
     if _DISTRIBUTED.value:
-        jax.distributed.initialize()
+        _initialize_distributed()
     _configure_logging()
     logging.getLogger("mmgen_jax").info(
         "process %d/%d, %d local / %d global devices",
@@ -52,11 +69,16 @@ def main(argv: list[str]) -> None:
         jax.device_count(),
     )
     config = _CONFIG.value
-    if config.trainer == "stages":
-        stages.run_stages(config, _WORKDIR.value)
-    else:
-        factory = trainers.get_objective_factory(config.trainer)
-        loop.train_and_evaluate(config, _WORKDIR.value, factory)
+    try:
+        if config.trainer == "stages":
+            stages.run_stages(config, _WORKDIR.value)
+        else:
+            factory = trainers.get_objective_factory(config.trainer)
+            loop.train_and_evaluate(config, _WORKDIR.value, factory)
+    except loop.Preempted as preempted:
+        # The state is saved; exit 0 so the scheduler restarts the job, which then resumes.
+        logging.getLogger("mmgen_jax").warning("%s", preempted)
+        return
 
 
 if __name__ == "__main__":

@@ -1,8 +1,15 @@
 """Device mesh, logical-axis rules and the shardings of the train state and the batch.
 
-The mesh has axes ('data', 'fsdp'). The batch is split over both axes; parameters are placed by
-Flax logical-axis annotations mapped to mesh axes through the rules held in the config, and
-unannotated leaves are replicated.
+The mesh has axes ('data', 'fsdp'). The batch is split over both axes. Parameters, their EMA and
+the optimizer moments are placed by the Flax logical-axis names of the kernels
+(`nn.with_logical_partitioning`: 'embed', 'mlp', 'heads' in the DiT, 'conv_in'/'conv_out' in
+convolutions) mapped to mesh axes by the rules held in the config (`mesh.rules`). With the
+default rules every kernel is split over 'fsdp' along one axis (FSDP / ZeRO-3: XLA gathers it
+for the matmul and reduce-scatters its gradient). Two fallbacks keep any config valid on any
+mesh: a named axis whose size the mesh axes do not divide is replicated instead, and an
+unannotated leaf of at least `mesh.fallback_min_size` elements is split over 'fsdp' along its
+largest divisible axis. Activations are constrained with `constrain_activation`
+('activation_batch' over the batch axes).
 """
 
 from __future__ import annotations
@@ -73,11 +80,95 @@ def check_batch_size(global_batch_size: int, mesh: Mesh) -> None:
         )
 
 
-def state_shardings(abstract_state: Any, mesh: Mesh, rules: Sequence[tuple[str, Any]] = ()) -> Any:
-    """NamedShardings for every leaf of an abstract train state.
+DEFAULT_RULES = (
+    ("activation_batch", BATCH_AXES),
+    ("activation_embed", None),
+    ("embed", "fsdp"),
+    ("mlp", None),
+    ("heads", None),
+    ("conv_in", None),
+    ("conv_out", "fsdp"),
+)
+DEFAULT_FALLBACK_MIN_SIZE = 2**14
 
-    Leaves boxed with `nn.with_logical_partitioning` follow `rules`; everything else is
-    replicated.
-    """
-    specs = nn.get_partition_spec(abstract_state)
-    return nn.logical_to_mesh_sharding(specs, mesh, list(rules))
+
+def normalize_rules(rules: Sequence[Sequence[Any]]) -> tuple[tuple[str, Any], ...]:
+    """Rules as Flax wants them, also after a JSON round trip (lists back to tuples)."""
+    normalized = []
+    for rule in rules:
+        if len(rule) != 2:
+            raise ValueError(f"a sharding rule is (logical name, mesh axes), got {rule!r}")
+        name, axes = rule
+        axes = tuple(axes) if isinstance(axes, list | tuple) else axes
+        for axis in axes if isinstance(axes, tuple) else (axes,):
+            if axis is not None and axis not in MESH_AXES:
+                raise ValueError(
+                    f"sharding rule {rule!r} names mesh axis {axis!r}; "
+                    f"the mesh axes are {MESH_AXES}"
+                )
+        normalized.append((str(name), axes))
+    return tuple(normalized)
+
+
+def _axes_size(mesh: Mesh, axes: Any) -> int:
+    axes = axes if isinstance(axes, tuple) else (axes,)
+    return int(np.prod([mesh.shape[a] for a in axes if a is not None]))
+
+
+def leaf_spec(
+    shape: Sequence[int], spec: PartitionSpec, mesh: Mesh, fallback_min_size: int
+) -> PartitionSpec:
+    """The mesh spec of one leaf: `spec` with indivisible axes replicated, or the fallback."""
+    entries = list(spec) + [None] * (len(shape) - len(spec))
+    entries = [
+        None if axes is None or shape[dim] % _axes_size(mesh, axes) else axes
+        for dim, axes in enumerate(entries)
+    ]
+    fsdp = mesh.shape["fsdp"]
+    if all(e is None for e in entries) and fsdp > 1 and np.prod(shape) >= fallback_min_size:
+        divisible = [dim for dim, size in enumerate(shape) if size % fsdp == 0]
+        if divisible:
+            entries[max(divisible, key=lambda dim: shape[dim])] = "fsdp"
+    while entries and entries[-1] is None:
+        entries.pop()
+    return PartitionSpec(*entries)
+
+
+def unbox(tree: Any) -> Any:
+    """`tree` with every logical-axis box replaced by its value (no sharding constraint is
+    applied, so it also works on abstract trees outside jit)."""
+    return jax.tree.map(
+        lambda x: x.unbox(apply_constraint=False) if isinstance(x, nn.meta.AxisMetadata) else x,
+        tree,
+        is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata),
+    )
+
+
+def state_shardings(
+    boxed_abstract_state: Any,
+    mesh: Mesh,
+    rules: Sequence[Sequence[Any]] = DEFAULT_RULES,
+    fallback_min_size: int = DEFAULT_FALLBACK_MIN_SIZE,
+) -> Any:
+    """NamedShardings for every leaf of an abstract train state whose parameters are still boxed
+    with their logical axis names; the result has the structure of the unboxed state."""
+    logical = nn.get_partition_spec(boxed_abstract_state)
+    mesh_specs = nn.logical_to_mesh(logical, list(normalize_rules(rules)))
+    unboxed = unbox(boxed_abstract_state)
+    return jax.tree.map(
+        lambda spec, leaf: NamedSharding(
+            mesh, leaf_spec(leaf.shape, spec, mesh, fallback_min_size)
+        ),
+        mesh_specs,
+        unboxed,
+        is_leaf=lambda x: isinstance(x, PartitionSpec),
+    )
+
+
+def per_device_bytes(tree: Any) -> int:
+    """Bytes of `tree` (arrays or ShapeDtypeStructs with shardings) held by one device."""
+    total = 0
+    for leaf in jax.tree.leaves(tree):
+        shard = leaf.sharding.shard_shape(leaf.shape)
+        total += int(np.prod(shard)) * np.dtype(leaf.dtype).itemsize
+    return total

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmgen_jax.models.layers import materialize_cotangent
+from mmgen_jax.models.layers import constrain_activation, materialize_cotangent
 
 PatchSize = int | Sequence[int]
 
@@ -486,7 +486,7 @@ class DiT(nn.Module):
 
         block = nn.remat(DiTBlock) if self.remat else DiTBlock
         for index in range(self.depth):
-            h = materialize_cotangent(h)
+            h = materialize_cotangent(constrain_activation(h))
             h = block(
                 self.hidden_size, self.num_heads, self.mlp_ratio, self.dtype, name=f"blocks_{index}"
             )(h, c)  # [B, N, D]

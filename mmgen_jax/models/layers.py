@@ -23,6 +23,14 @@ def spatial_ndim(x: jnp.ndarray) -> int:
     return x.ndim - 2
 
 
+def conv_kernel_init(ndim: int) -> nn.initializers.Initializer:
+    """Flax's default conv kernel init (LeCun normal) with logical axis names
+    `(None, ..., 'conv_in', 'conv_out')` for the sharding rules."""
+    return nn.with_logical_partitioning(
+        nn.initializers.lecun_normal(), (None,) * ndim + ("conv_in", "conv_out")
+    )
+
+
 def conv(
     features: int, ndim: int, kernel: int = 3, stride: int = 1, name: str | None = None, **kwargs
 ) -> nn.Conv:
@@ -32,9 +40,18 @@ def conv(
         kernel_size=(kernel,) * ndim,
         strides=(stride,) * ndim,
         padding="SAME",
+        kernel_init=conv_kernel_init(ndim),
         name=name,
         **kwargs,
     )
+
+
+def constrain_activation(x: jnp.ndarray) -> jnp.ndarray:
+    """Shard a channels-last activation [B, ..., C] by the logical names
+    ('activation_batch', None..., 'activation_embed') under the rules in context (a no-op
+    outside `nn.logical_axis_rules` / a mesh)."""
+    names = ("activation_batch",) + (None,) * (x.ndim - 2) + ("activation_embed",)
+    return nn.with_logical_constraint(x, names)
 
 
 @jax.custom_vjp

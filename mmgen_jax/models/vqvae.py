@@ -14,7 +14,15 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from mmgen_jax.models.layers import ResBlock, check_divisible, conv, group_norm, spatial_ndim
+from mmgen_jax.models.layers import (
+    ResBlock,
+    check_divisible,
+    constrain_activation,
+    conv,
+    conv_kernel_init,
+    group_norm,
+    spatial_ndim,
+)
 from mmgen_jax.models.quantizers import QuantizerOutput
 
 Stride = int | Sequence[int]
@@ -68,8 +76,10 @@ class Encoder(nn.Module):
                     strides=stride,
                     padding="SAME",
                     dtype=self.dtype,
+                    kernel_init=conv_kernel_init(ndim),
                     name=f"down_{level}",
                 )(h)
+            h = constrain_activation(h)
         h = group_norm(h.shape[-1], self.num_groups, self.dtype)(h)
         return conv(self.latent_dim, ndim, kernel=1, dtype=self.dtype, name="to_latent")(
             nn.swish(h)
@@ -100,6 +110,7 @@ class Decoder(nn.Module):
                 for axis, factor in enumerate(stride):
                     h = jnp.repeat(h, factor, axis=axis + 1)
                 h = conv(self.channels[level - 1], ndim, dtype=self.dtype, name=f"up_{level}")(h)
+                h = constrain_activation(h)
         h = group_norm(h.shape[-1], self.num_groups, self.dtype)(h)
         out = conv(self.out_channels, ndim, dtype=self.dtype, name="to_signal")(nn.swish(h))
         return out.astype(jnp.float32)

@@ -12,9 +12,12 @@ numbers on 1 device, 8 devices or several hosts.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import logging
 import os
+import signal
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -25,8 +28,8 @@ import ml_collections
 import numpy as np
 import optax
 
+from mmgen_jax import benchmarking, run_files
 from mmgen_jax import checkpoint as checkpoint_lib
-from mmgen_jax import run_files
 from mmgen_jax import sharding as sharding_lib
 from mmgen_jax.data import pipeline
 from mmgen_jax.metrics import MetricWriter, Progress
@@ -40,6 +43,56 @@ ObjectiveFactory = Callable[[ml_collections.ConfigDict, dict[str, Any]], Objecti
 
 class NonFiniteLossError(FloatingPointError):
     """Raised when the training loss becomes NaN or Inf."""
+
+
+class Preempted(Exception):
+    """Training stopped on a preemption notice after checkpointing `step` (exit status 0)."""
+
+    def __init__(self, message: str, step: int):
+        super().__init__(message)
+        self.step = step
+
+
+class _PreemptionWatch:
+    """Notices preemption: SIGTERM in a single-process run (the handler only sets a flag; the
+    loop checkpoints at the next step boundary), JAX's preemption sync on several hosts (Orbax
+    `reached_preemption`, true on every process at the same step; JAX's own SIGTERM handling
+    is left in place there)."""
+
+    def __init__(self):
+        self.flag = False
+        self._previous = None
+        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        logger.warning("SIGTERM: checkpointing at the next step boundary, then exiting")
+        self.flag = True
+
+    def reached(self, step: int, checkpointer: checkpoint_lib.Checkpointer) -> bool:
+        return self.flag or checkpointer.reached_preemption(step)
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+
+def _compile_and_report(step_fn, state: TrainState, batch: Batch, workdir: str):
+    """Compile the train step ahead of time and log its memory analysis before training (also
+    written to `<workdir>/memory.json` by process 0); returns the compiled step."""
+    compiled = step_fn.lower(state, batch).compile()
+    report = {f"{k}_mb": v / 2**20 for k, v in benchmarking.memory_of(compiled).items()}
+    report["params_per_device_mb"] = sharding_lib.per_device_bytes(state.params) / 2**20
+    report["params_total_mb"] = sum(p.nbytes for p in jax.tree.leaves(state.params)) / 2**20
+    report["state_per_device_mb"] = sharding_lib.per_device_bytes(state) / 2**20
+    logger.info(
+        "compiled train step, per device: %s", ", ".join(f"{k} {v:.2f}" for k, v in report.items())
+    )
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "memory.json"), "w") as f:
+            json.dump(report, f, indent=2, sort_keys=True)
+    return compiled
 
 
 def ema_decay_at(step: jax.Array, decay: float) -> jax.Array:
@@ -91,11 +144,16 @@ def _example_batch(info: dict[str, Any]) -> Batch:
     }
 
 
-def init_fn(objective: Objective, tx, info: dict[str, Any]):
+def init_fn(objective: Objective, tx, info: dict[str, Any], boxed: bool = False):
+    """The state initialiser. `boxed=True` keeps the parameters' logical-axis boxes (on the
+    parameters, their EMA and the optimizer moments), which `abstract_state` reads the sharding
+    from; the state that is trained is unboxed."""
+
     def init(rng: jax.Array) -> TrainState:
         init_rng, state_rng = jax.random.split(rng)
-        # Logical-axis boxes are dropped here: every leaf is replicated for now.
-        variables = dict(nn.meta.unbox(objective.init_variables(init_rng, _example_batch(info))))
+        variables = dict(objective.init_variables(init_rng, _example_batch(info)))
+        if not boxed:
+            variables = dict(sharding_lib.unbox(variables))
         params = variables.pop("params")
         return create_train_state(params, variables, tx, state_rng)
 
@@ -112,7 +170,13 @@ def abstract_state(
     """(init function, abstract state, state shardings); validates model against data shapes."""
     init = init_fn(objective, tx, info)
     abstract = jax.eval_shape(init, jax.random.PRNGKey(config.seed))
-    shardings = sharding_lib.state_shardings(abstract, mesh, config.get("sharding_rules", ()))
+    boxed = jax.eval_shape(init_fn(objective, tx, info, boxed=True), jax.random.PRNGKey(0))
+    shardings = sharding_lib.state_shardings(
+        boxed,
+        mesh,
+        config.mesh.get("rules", sharding_lib.DEFAULT_RULES),
+        config.mesh.get("fallback_min_size", sharding_lib.DEFAULT_FALLBACK_MIN_SIZE),
+    )
     return init, abstract, shardings
 
 
@@ -123,13 +187,29 @@ def initialize_or_restore(
     shardings: Any,
     checkpointer: checkpoint_lib.Checkpointer,
 ) -> TrainState:
-    """The newest checkpoint if there is one, else a freshly initialised state."""
-    latest = checkpointer.latest_step()
-    if latest is not None:
-        logger.info("Resuming from %s step %d", checkpointer.directory, latest)
-        state, _ = checkpointer.restore(latest, checkpoint_lib.abstract_like(abstract, shardings))
-        return state
-    return jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(config.seed))
+    """The newest readable checkpoint if there is one, else a freshly initialised state.
+
+    The data order needs no position of its own in the checkpoint: the input pipeline is a pure
+    function of the step (`make_train_iterator(start_step=...)`), so a resumed run reads exactly
+    the batches an uninterrupted one would. Resuming with another global batch size works but
+    reads another order; it is logged as a warning.
+    """
+    restored = checkpointer.restore_newest(checkpoint_lib.abstract_like(abstract, shardings))
+    if restored is None:
+        return jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(config.seed))
+    state, meta, step = restored
+    saved_batch = meta.get("global_batch_size", config.training.global_batch_size)
+    if saved_batch != config.training.global_batch_size:
+        logger.warning(
+            "%s (step %d) was trained with global_batch_size=%d, now %d: the run continues "
+            "with a different data order than an uninterrupted run would have",
+            checkpointer.directory,
+            step,
+            saved_batch,
+            config.training.global_batch_size,
+        )
+    logger.info("Resuming from %s step %d", checkpointer.directory, step)
+    return state
 
 
 def evaluate(
@@ -218,20 +298,29 @@ def _evaluate_split(run: _Run, objective, state, split: str, eval_step, mesh) ->
 
 
 def train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: str, make_objective: ObjectiveFactory
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    make_objective: ObjectiveFactory,
+    *,
+    devices: list[jax.Device] | None = None,
 ) -> TrainState:
     """Train (or resume) the run in `workdir` to `config.training.total_steps`; return the state.
 
     Every check that can fail on bad input (mesh, batch size, dataset, model vs data shape,
-    checkpoint from another model) runs before the first step.
+    checkpoint from another model) runs before the first step. `devices` restricts the mesh to
+    some of the devices (default: all of them).
+
+    Raises `Preempted` after SIGTERM (or a JAX preemption notice on several hosts) once the
+    state of the step in progress is checkpointed.
     """
     training = config.training
-    mesh = sharding_lib.make_mesh(**config.mesh)
+    mesh = sharding_lib.make_mesh(config.mesh.data, config.mesh.fsdp, devices)
     sharding_lib.check_batch_size(training.global_batch_size, mesh)
     info = pipeline.dataset_info(config.data)
     objective = make_objective(config, info)
     tx, schedule = make_optimizer(config.optimizer, training.total_steps)
-    with jax.set_mesh(mesh):
+    rules = sharding_lib.normalize_rules(config.mesh.get("rules", sharding_lib.DEFAULT_RULES))
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         init, abstract, shardings = abstract_state(config, objective, tx, info, mesh)
         checkpointer = checkpoint_lib.Checkpointer(
             os.path.join(workdir, "checkpoints"), max_to_keep=training.keep_checkpoints
@@ -270,6 +359,11 @@ def _train_loop(config, workdir, objective, step_fn, state, mesh, checkpointer) 
         seed=config.seed,
         start_step=start,
     )
+    if start < training.total_steps:
+        first = next(batches)
+        step_fn = _compile_and_report(step_fn, state, first, workdir)
+        batches = itertools.chain([first], batches)
+    preemption = _PreemptionWatch()
     for step in range(start + 1, training.total_steps + 1):
         state, metrics = step_fn(state, next(batches))
         run.pending.append((step, metrics))
@@ -279,11 +373,20 @@ def _train_loop(config, workdir, objective, step_fn, state, mesh, checkpointer) 
             run.flush_train_metrics()  # also updates the progress display with the loss
         else:
             run.progress.update(step)
-        if step % training.checkpoint_every == 0 or is_last:
+        preempted = preemption.reached(step, checkpointer)
+        if step % training.checkpoint_every == 0 or is_last or preempted:
             run.check_finite()  # never checkpoint a state that went non-finite
-            checkpointer.save(step, state)
+            checkpointer.save(step, state, meta={"global_batch_size": training.global_batch_size})
+        if preempted:
+            checkpointer.wait()
+            run.flush_train_metrics()
+            run.progress.close()
+            run.writer.close()
+            preemption.restore()
+            raise Preempted(f"preempted: saved step {step} to {checkpointer.directory}", step)
         if step % training.eval_every == 0 and not is_last:
             _evaluate_split(run, objective, state, "eval", eval_step, mesh)
+    preemption.restore()
     run.progress.close()
     _evaluate_split(run, objective, state, "eval", eval_step, mesh)
     _evaluate_split(run, objective, state, "test", eval_step, mesh)

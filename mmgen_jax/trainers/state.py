@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+from flax.linen import meta as nn_meta
 
 
 @flax.struct.dataclass
@@ -50,7 +51,7 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, total_steps: int) 
 
 def _decay_mask(params: Any) -> Any:
     """Weight decay on kernels only: not on biases, norm scales or codebooks."""
-    flat = flax.traverse_util.flatten_dict(params)
+    flat = flax.traverse_util.flatten_dict(nn_meta.unbox(params))
     mask = {path: path[-1] == "kernel" and leaf.ndim >= 2 for path, leaf in flat.items()}
     return flax.traverse_util.unflatten_dict(mask)
 
