@@ -93,6 +93,9 @@ def base_config() -> ml_collections.ConfigDict:
         eval_split="validation",
         test_split="test",
         shuffle_buffer=10_000,
+        # 'split': each process reads its own slice; 'batch': every process reads the whole
+        # split and keeps its rows of each global batch (same batches for any process count).
+        host_sharding="split",
     )
     config.optimizer = dict(
         learning_rate=1e-3,

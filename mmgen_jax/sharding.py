@@ -20,6 +20,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp")
@@ -163,6 +164,14 @@ def state_shardings(
         unboxed,
         is_leaf=lambda x: isinstance(x, PartitionSpec),
     )
+
+
+def host_array(x: Any) -> np.ndarray:
+    """The whole value of an array as numpy on every process, also for a global array whose
+    shards live on other hosts (gathered with `process_allgather`; every process must call)."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(jax.device_get(x))
 
 
 def per_device_bytes(tree: Any) -> int:

@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -154,3 +155,64 @@ def test_sigterm_saves_the_current_step_and_exits_zero(data_dir, tmp_path):
     steps = sorted(int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit())
     assert len(steps) == 1 and steps[0] >= 1
     assert f"preempted: saved step {steps[0]}" in output
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_match_one_process(data_dir, tmp_path):
+    """Two processes (jax.distributed on loopback, gloo collectives, one CPU device each) train
+    the same config as one process with the same global batch and get the same parameters;
+    only process 0 writes metrics."""
+    args = [
+        sys.executable,
+        "-m",
+        "mmgen_jax.main",
+        "--config=configs/vqvae.py:runlocal=True",
+        "--config.training.total_steps=10",
+        "--config.training.checkpoint_every=10",
+        "--config.data.host_sharding=batch",
+        f"--config.data.data_dir={data_dir}",
+    ]
+    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+    single = subprocess.run(
+        [*args, f"--workdir={tmp_path / 'single'}"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert single.returncode == 0, single.stderr[-3000:]
+    port = _free_port()
+    processes = [
+        subprocess.Popen(
+            [*args, f"--workdir={tmp_path / 'multi'}", "--distributed"],
+            cwd=REPO,
+            env=dict(
+                env,
+                MMGEN_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                MMGEN_NUM_PROCESSES="2",
+                MMGEN_PROCESS_ID=str(index),
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for index in range(2)
+    ]
+    outputs = [process.communicate(timeout=300)[0] for process in processes]
+    for process, output in zip(processes, outputs, strict=True):
+        assert process.returncode == 0, output[-3000:]
+    assert "process 1/2" in outputs[1]
+
+    from mmgen_jax import inference
+
+    one = inference.load_trained(str(tmp_path / "single"), use_ema=False)
+    two = inference.load_trained(str(tmp_path / "multi"), use_ema=False)
+    assert one.step == two.step == 10
+    assert _relative_difference(two.variables["params"], one.variables["params"]) < 1e-5
+    assert len(read_metrics(str(tmp_path / "multi"))) == len(read_metrics(str(tmp_path / "single")))

@@ -64,6 +64,7 @@ DEFAULTS = {
     "eval_split": "validation",
     "test_split": "test",
     "shuffle_buffer": 10_000,
+    "host_sharding": "split",
     "image_key": "image",
     "label_key": "label",
 }
@@ -358,6 +359,14 @@ def make_train_iterator(
     the batches a fresh iterator yields from its k-th on, so a resumed run sees the same data.
     Resuming replays (reads, without decoding) the `k * batch` skipped examples.
 
+    `data.host_sharding` says how processes share the work:
+      'split' (default): each process reads only its slice of the split
+        (`tfds.split_for_jax_process`); least I/O, but the order depends on the process count.
+      'batch': every process reads the whole split in the same order and keeps its rows of each
+        global batch; the global batches are the same for any number of processes (a run on
+        several hosts reproduces a single-host run), for datasets small enough to read on
+        every host.
+
     Yields:
       `{'image': float32 [global_batch_size, *shape] in [-1, 1], 'label': int32
       [global_batch_size]}` as global `jax.Array`s sharded like `sharding` (batch dimension).
@@ -365,14 +374,28 @@ def make_train_iterator(
     local_batch_size = _local_batch_size(global_batch_size, sharding)
     builder = get_builder(data_config)
     layout = _example_layout(data_config, builder.info)
-    split = tfds.split_for_jax_process(_field(data_config, "train_split"))
+    host_sharding = _field(data_config, "host_sharding")
+    if host_sharding not in ("split", "batch"):
+        raise ValueError(f"data.host_sharding={host_sharding!r} is not 'split' or 'batch'")
+    split = _field(data_config, "train_split")
+    if host_sharding == "split":
+        split = tfds.split_for_jax_process(split)
     dataset = _read_split(builder, split, layout, shuffle_seed=seed)
     dataset = dataset.shuffle(
         _field(data_config, "shuffle_buffer"), seed=seed, reshuffle_each_iteration=True
     )
     # Skipping examples of the endless stream equals skipping whole batches (no remainder is
     # dropped) and happens before decoding, so it is cheap.
-    dataset = dataset.repeat().skip(start_step * local_batch_size)
+    per_step = local_batch_size if host_sharding == "split" else global_batch_size
+    dataset = dataset.repeat().skip(start_step * per_step)
+    if host_sharding == "batch":  # keep this process's rows of every global batch
+        start = jax.process_index() * local_batch_size
+        dataset = dataset.batch(global_batch_size, drop_remainder=True)
+        dataset = dataset.map(
+            lambda batch: tf.nest.map_structure(
+                lambda x: x[start : start + local_batch_size], batch
+            )
+        ).unbatch()
     dataset = dataset.map(_make_preprocess(layout), num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.batch(local_batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
     return _global_batches(_deterministic(dataset), sharding, global_batch_size)

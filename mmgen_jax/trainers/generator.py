@@ -33,6 +33,7 @@ from mmgen_jax.diffusion.samplers import ddim_sample, ddpm_sample
 from mmgen_jax.metrics import make_grid, to_uint8
 from mmgen_jax.models.dit import DiT
 from mmgen_jax.models.vqvae import VQVAE
+from mmgen_jax.sharding import host_array
 from mmgen_jax.trainers.objective import Batch
 
 TOKENIZER = "tokenizer"  # model_state collection holding the frozen tokenizer variables
@@ -241,7 +242,7 @@ class GeneratorObjective:
             jax.random.PRNGKey(0),
             num_samples=len(labels),
         )
-        return {"samples": sample_grid(np.asarray(samples), per_class)}
+        return {"samples": sample_grid(host_array(samples), per_class)}
 
     # -- sampling -----------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from mmgen_jax.augment import augment
 from mmgen_jax.metrics import code_histogram, codebook_metrics, psnr, side_by_side, ssim, to_uint8
 from mmgen_jax.models import quantizers
 from mmgen_jax.models.vqvae import VQVAE, Decoder, Encoder, total_downsampling
+from mmgen_jax.sharding import host_array
 from mmgen_jax.trainers.objective import Batch
 
 # How many pixels wide the smallest image in a grid is drawn (8x8 digits -> 4x upscale).
@@ -130,6 +131,6 @@ class TokenizerObjective:
         x = batch["image"][: self.num_visualize]
         recon, _ = self.model.apply({"params": params, **model_state}, x)
         upscale = max(1, _MIN_VISUAL_SIZE // self.shape[0])
-        originals = to_uint8(np.asarray(jax.device_get(x)))
-        reconstructions = to_uint8(np.clip(np.asarray(jax.device_get(recon)), -1, 1))
+        originals = to_uint8(host_array(x))
+        reconstructions = to_uint8(np.clip(host_array(recon), -1, 1))
         return {"reconstructions": side_by_side(originals, reconstructions, upscale=upscale)}
