@@ -69,6 +69,7 @@ def test_sampling_rejects_out_of_range_labels_and_guided_unconditional(pixel_dir
         run.objective.check_sampling_request(np.array([1, 10]), 2.0)
     config = _config("dit", "runlocal=True", data_dir)
     config.generator.class_conditional = False
+    config.sampling.cfg_scale = 2.0
     with pytest.raises(ValueError, match="cfg_scale=2.0 needs a class-conditional generator"):
         GeneratorObjective(config, {"shape": (8, 8, 1), "num_classes": 10})
 

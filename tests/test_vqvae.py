@@ -1,5 +1,6 @@
 """VQ-VAE shapes on 1-D, 2-D and 3-D signals, index round trips and input validation."""
 
+import flax.linen as nn
 import jax
 import numpy as np
 import pytest
@@ -66,7 +67,7 @@ def test_resblock_skip_projects_the_block_input():
     """The 1x1 skip must see the input x (MaskGIT's released code applied it to h)."""
     block = ResBlock(features=6, num_groups=2)
     x = np.random.default_rng(1).normal(size=(1, 4, 4, 3)).astype(np.float32)
-    variables = block.init(jax.random.PRNGKey(0), x)
+    variables = nn.meta.unbox(block.init(jax.random.PRNGKey(0), x))  # drop logical-axis boxes
     params = jax.tree.map(np.asarray, variables["params"])
     # Zero the residual branch's last conv: the output must equal the projected input exactly.
     last_conv = sorted(k for k in params if k.startswith("Conv"))[-1]
