@@ -43,6 +43,7 @@ def get_config(arg: str | None = None):
         mlp_ratio=4.0,
         class_dropout_prob=0.1,
         learn_sigma=True,
+        remat=False,  # recompute each block in the backward pass (less memory)
     )
     if args.model != "tiny":
         config.model.update(dit_config(args.model))

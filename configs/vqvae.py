@@ -38,6 +38,7 @@ def get_config(arg: str | None = None):
         num_res_blocks=2,
         latent_dim=64 if digits else 256,
         num_groups=8 if digits else 32,
+        remat=False,  # recompute residual blocks in the backward pass (less memory)
     )
     config.quantizer = dict(
         type=args.quantizer,

@@ -44,6 +44,10 @@ def total_downsampling(strides: Sequence[Stride], ndim: int) -> tuple[int, ...]:
     return tuple(int(f) for f in factor)
 
 
+def _res_block(remat: bool):
+    return nn.remat(ResBlock) if remat else ResBlock
+
+
 class Encoder(nn.Module):
     """Conv stem, residual stages separated by strided convs, projection to `latent_dim`.
 
@@ -60,14 +64,19 @@ class Encoder(nn.Module):
     latent_dim: int
     num_groups: int = 8
     dtype: Any = jnp.float32
+    remat: bool = False  # recompute residual blocks in the backward pass (less memory)
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:  # [B, *S, C] -> [B, *S/f, latent_dim]
         ndim = spatial_ndim(x)
         h = conv(self.channels[0], ndim, dtype=self.dtype, name="stem")(x.astype(self.dtype))
+        blocks = 0  # explicit names: the same parameter tree with and without remat
         for level, width in enumerate(self.channels):
             for _ in range(self.num_res_blocks):
-                h = ResBlock(width, self.num_groups, self.dtype)(h)
+                h = _res_block(self.remat)(
+                    width, self.num_groups, self.dtype, name=f"ResBlock_{blocks}"
+                )(h)
+                blocks += 1
             if level < len(self.strides):
                 stride = _axis_strides(self.strides[level], ndim)
                 h = nn.Conv(
@@ -95,6 +104,7 @@ class Decoder(nn.Module):
     out_channels: int
     num_groups: int = 8
     dtype: Any = jnp.float32
+    remat: bool = False  # recompute residual blocks in the backward pass (less memory)
 
     @nn.compact
     def __call__(self, z: jnp.ndarray) -> jnp.ndarray:  # [B, *S/f, D] -> [B, *S, out_channels]
@@ -102,9 +112,13 @@ class Decoder(nn.Module):
         h = conv(self.channels[-1], ndim, dtype=self.dtype, name="from_latent")(
             z.astype(self.dtype)
         )
+        blocks = 0  # explicit names: the same parameter tree with and without remat
         for level in reversed(range(len(self.channels))):
             for _ in range(self.num_res_blocks):
-                h = ResBlock(self.channels[level], self.num_groups, self.dtype)(h)
+                h = _res_block(self.remat)(
+                    self.channels[level], self.num_groups, self.dtype, name=f"ResBlock_{blocks}"
+                )(h)
+                blocks += 1
             if level > 0:
                 stride = _axis_strides(self.strides[level - 1], ndim)
                 for axis, factor in enumerate(stride):

@@ -308,6 +308,7 @@ def generator_config(model_args: Mapping[str, Any]) -> ml_collections.ConfigDict
         mlp_ratio=4.0,
         class_dropout_prob=model_args["class_dropout_prob"],
         learn_sigma=model_args["learn_sigma"],
+        remat=False,
     )
     config.diffusion = dict(
         num_timesteps=1000, schedule="linear", mean_type="epsilon", min_snr_gamma=0.0

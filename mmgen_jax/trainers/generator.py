@@ -35,6 +35,7 @@ from mmgen_jax.models.dit import DiT
 from mmgen_jax.models.vqvae import VQVAE
 from mmgen_jax.sharding import host_array
 from mmgen_jax.trainers.objective import Batch
+from mmgen_jax.trainers.state import compute_dtype
 
 TOKENIZER = "tokenizer"  # model_state collection holding the frozen tokenizer variables
 LATENT_NORM = "latent_norm"  # model_state collection holding the per-channel mean / std
@@ -148,6 +149,8 @@ class GeneratorObjective:
             num_classes=self.num_classes,
             class_dropout_prob=model.class_dropout_prob,
             learn_sigma=model.learn_sigma,
+            dtype=compute_dtype(config),
+            remat=bool(model.get("remat", False)),
         )
         self.diffusion = build_diffusion(config)
         # 0 = the paper's uniform weighting of the epsilon MSE.

@@ -36,6 +36,19 @@ class TrainState:
         return self.ema_params if use_ema else self.params
 
 
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
+    """`training.compute_dtype`: the dtype of the models' matmuls and convolutions. Parameters,
+    optimizer state, quantizer distances, softmax, normalisation statistics and losses stay
+    fp32; 'bfloat16' is the choice on TPU/GPU (on XLA:CPU it is not faster)."""
+    name = config.training.get("compute_dtype", "float32")
+    if name not in COMPUTE_DTYPES:
+        raise ValueError(f"training.compute_dtype={name!r} is not one of {COMPUTE_DTYPES}")
+    return jnp.dtype(name)
+
+
 def learning_rate_schedule(config: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
     """Linear warmup to the peak, then cosine decay to `end_learning_rate_factor` x peak."""
     peak = config.learning_rate

@@ -15,6 +15,7 @@ from mmgen_jax.models import quantizers
 from mmgen_jax.models.vqvae import VQVAE, Decoder, Encoder, total_downsampling
 from mmgen_jax.sharding import host_array
 from mmgen_jax.trainers.objective import Batch
+from mmgen_jax.trainers.state import compute_dtype
 
 # How many pixels wide the smallest image in a grid is drawn (8x8 digits -> 4x upscale).
 _MIN_VISUAL_SIZE = 32
@@ -47,9 +48,16 @@ def build_vqvae(config: ml_collections.ConfigDict, out_channels: int) -> VQVAE:
         raise ValueError(
             f"model.strides={strides} needs len(model.channels) - 1 = {len(channels) - 1} entries"
         )
-    encoder = Encoder(channels, strides, model.num_res_blocks, model.latent_dim, model.num_groups)
-    decoder = Decoder(channels, strides, model.num_res_blocks, out_channels, model.num_groups)
-    return VQVAE(encoder, decoder, build_quantizer(config.quantizer, model.latent_dim))
+    dtype = compute_dtype(config)
+    remat = bool(model.get("remat", False))
+    encoder = Encoder(
+        channels, strides, model.num_res_blocks, model.latent_dim, model.num_groups, dtype, remat
+    )
+    decoder = Decoder(
+        channels, strides, model.num_res_blocks, out_channels, model.num_groups, dtype, remat
+    )
+    quantizer = build_quantizer(config.quantizer, model.latent_dim).clone(dtype=dtype)
+    return VQVAE(encoder, decoder, quantizer)
 
 
 def num_codes(config: ml_collections.ConfigDict) -> int:
