@@ -119,6 +119,8 @@ def base_config() -> ml_collections.ConfigDict:
         max_steps_in_flight=2,  # dispatched but unfinished steps the host may queue
         # Matmul/conv dtype ('bfloat16' on TPU/GPU); params, optimizer and losses stay fp32.
         compute_dtype="float32",
+        # Average gradients over this many micro-batches of the global batch (less memory).
+        grad_accum_steps=1,
     )
     # Device mesh: -1 fills the axis with the remaining devices. `rules` map the models' logical
     # axis names to mesh axes (mmgen_jax/sharding.py); unannotated leaves of at least

@@ -29,16 +29,10 @@ def _config(module, data_dir, steps, data=-1, fsdp=1, **training):
     config = module.get_config("runlocal=True")
     config.data.data_dir = data_dir
     config.mesh.data, config.mesh.fsdp = data, fsdp
-    config.training.update(
-        dict(
-            total_steps=steps,
-            global_batch_size=16,
-            log_every=5,
-            eval_every=1000,
-            checkpoint_every=10,
-            **training,
-        )
+    settings = dict(
+        total_steps=steps, global_batch_size=16, log_every=5, eval_every=1000, checkpoint_every=10
     )
+    config.training.update({**settings, **training})
     config.optimizer.warmup_steps = 2
     return config
 
@@ -241,3 +235,24 @@ def test_remat_is_exact_and_bf16_compute_keeps_fp32_state(data_dir, tmp_path):
     }
     assert losses["bf16"][-1] < losses["bf16"][0]  # it trains
     assert losses["bf16"][-1] < 1.5 * losses["plain"][-1]
+
+
+def test_gradient_accumulation_equals_the_full_batch_step(data_dir, tmp_path):
+    """A deterministic objective (classifier without dropout or shifts): averaging the gradients
+    of k micro-batches is the full-batch gradient, so k = 1, 2, 4 train to the same weights."""
+    from configs import classifier
+
+    factory = get_objective_factory("classifier")
+    states = {}
+    for accum in (1, 2, 4):
+        config = _config(
+            classifier, data_dir, 10, grad_accum_steps=accum, max_translation=0,
+            global_batch_size=32,
+        )  # fmt: skip
+        config.model.dropout_rate = 0.0
+        states[accum] = loop.train_and_evaluate(config, str(tmp_path / str(accum)), factory)
+    assert _relative_difference(states[2].params, states[1].params) < 1e-5
+    assert _relative_difference(states[4].params, states[1].params) < 1e-5
+    config = _config(classifier, data_dir, 10, grad_accum_steps=3)
+    with pytest.raises(ValueError, match="grad_accum_steps=3"):
+        loop.train_and_evaluate(config, str(tmp_path / "bad"), factory)

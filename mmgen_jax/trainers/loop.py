@@ -112,11 +112,47 @@ def train_step(
     tx: optax.GradientTransformation,
     schedule: optax.Schedule,
     ema_decay: float,
+    grad_accum_steps: int = 1,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One optimizer update on one global batch (traced inside jit)."""
+    """One optimizer update on one global batch (traced inside jit).
+
+    With `grad_accum_steps = k > 1` the batch is cut into k micro-batches (micro-batch i holds
+    rows i, i + k, ...: every device keeps its share of each) whose gradients and metrics are
+    averaged in a `lax.scan`, so activations are held for B / k examples at a time. Model state
+    (e.g. an EMA codebook) is updated micro-batch after micro-batch; micro-batch i draws its
+    randomness from `fold_in(step key, i)`.
+    """
     rng = jax.random.fold_in(state.rng, state.step)
     grad_fn = jax.value_and_grad(objective.loss, has_aux=True)
-    (loss, (model_state, metrics)), grads = grad_fn(state.params, state.model_state, batch, rng)
+    if grad_accum_steps == 1:
+        (loss, (model_state, metrics)), grads = grad_fn(state.params, state.model_state, batch, rng)
+    else:
+        micro_batches = jax.tree.map(
+            lambda x: x.reshape(
+                x.shape[0] // grad_accum_steps, grad_accum_steps, *x.shape[1:]
+            ).swapaxes(0, 1),
+            batch,
+        )  # every leaf [k, B / k, ...]
+
+        def accumulate(carry, inputs):
+            grads_sum, model_state = carry
+            index, micro_batch = inputs
+            (loss, (model_state, metrics)), grads = grad_fn(
+                state.params, model_state, micro_batch, jax.random.fold_in(rng, index)
+            )
+            grads_sum = jax.tree.map(jnp.add, grads_sum, grads)
+            return (grads_sum, model_state), dict(metrics, loss=loss)
+
+        zeros = jax.tree.map(jnp.zeros_like, state.params)
+        (grads, model_state), per_micro = jax.lax.scan(
+            accumulate,
+            (zeros, state.model_state),
+            (jnp.arange(grad_accum_steps), micro_batches),
+        )
+        grads = jax.tree.map(lambda g: g / grad_accum_steps, grads)
+        per_micro = jax.tree.map(lambda m: jnp.mean(m, axis=0), per_micro)
+        loss = per_micro.pop("loss")
+        metrics = per_micro
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     params = objective.post_update(params, model_state)
@@ -315,7 +351,14 @@ def train_and_evaluate(
     """
     training = config.training
     mesh = sharding_lib.make_mesh(config.mesh.data, config.mesh.fsdp, devices)
+    accum = int(training.get("grad_accum_steps", 1))
     sharding_lib.check_batch_size(training.global_batch_size, mesh)
+    if accum < 1 or training.global_batch_size % (accum * sharding_lib.batch_shards(mesh)):
+        raise ValueError(
+            f"training.grad_accum_steps={accum} must be >= 1 and global_batch_size="
+            f"{training.global_batch_size} divisible by grad_accum_steps x the "
+            f"{sharding_lib.batch_shards(mesh)} batch shards of the mesh"
+        )
     info = pipeline.dataset_info(config.data)
     objective = make_objective(config, info)
     tx, schedule = make_optimizer(config.optimizer, training.total_steps)
@@ -335,6 +378,7 @@ def train_and_evaluate(
                     tx=tx,
                     schedule=schedule,
                     ema_decay=training.ema_decay,
+                    grad_accum_steps=accum,
                 ),
                 in_shardings=(shardings, sharding_lib.batch_sharding(mesh)),
                 out_shardings=(shardings, sharding_lib.replicated(mesh)),
