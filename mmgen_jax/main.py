@@ -22,10 +22,22 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file.", lock_config=True
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and images.")
+
+
+def _on_cloud_tpu_vm() -> bool:
+    """Whether this is a Cloud TPU VM (JAX's own test; False if JAX no longer offers it)."""
+    try:
+        from jax._src.cloud_tpu_init import running_in_cloud_tpu_vm
+    except ImportError:
+        return False
+    return bool(running_in_cloud_tpu_vm)
+
+
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed",
     os.environ.get("MMGEN_DISTRIBUTED", "") == "1",
-    "Call jax.distributed.initialize() (multi-host TPU/GPU runs).",
+    "Call jax.distributed.initialize() (multi-host TPU/GPU runs; always done on Cloud TPU VMs, "
+    "where a single host joins as a one-process job).",
 )
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -58,7 +70,8 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     xla_flags.configure_for_cpu()
-    if _DISTRIBUTED.value:
+    explicit = flags.FLAGS["distributed"].present or "MMGEN_DISTRIBUTED" in os.environ
+    if _DISTRIBUTED.value if explicit else _on_cloud_tpu_vm():
         _initialize_distributed()
     _configure_logging()
     logging.getLogger("mmgen_jax").info(
