@@ -220,7 +220,7 @@ def test_remat_is_exact_and_bf16_compute_keeps_fp32_state(data_dir, tmp_path):
         ("remat", True, "float32"),
         ("bf16", False, "bfloat16"),
     ]:
-        config = _config(vqvae, data_dir, 8, compute_dtype=dtype)
+        config = _config(vqvae, data_dir, 6, compute_dtype=dtype)
         config.model.remat = remat
         runs[name] = loop.train_and_evaluate(config, str(tmp_path / name), factory)
     # Recomputing the residual blocks in the backward pass changes nothing but memory.
@@ -239,19 +239,18 @@ def test_remat_is_exact_and_bf16_compute_keeps_fp32_state(data_dir, tmp_path):
 
 def test_gradient_accumulation_equals_the_full_batch_step(data_dir, tmp_path):
     """A deterministic objective (classifier without dropout or shifts): averaging the gradients
-    of k micro-batches is the full-batch gradient, so k = 1, 2, 4 train to the same weights."""
+    of k micro-batches is the full-batch gradient, so k = 1 and 4 train to the same weights."""
     from configs import classifier
 
     factory = get_objective_factory("classifier")
     states = {}
-    for accum in (1, 2, 4):
+    for accum in (1, 4):
         config = _config(
-            classifier, data_dir, 10, grad_accum_steps=accum, max_translation=0,
+            classifier, data_dir, 6, grad_accum_steps=accum, max_translation=0,
             global_batch_size=32,
         )  # fmt: skip
         config.model.dropout_rate = 0.0
         states[accum] = loop.train_and_evaluate(config, str(tmp_path / str(accum)), factory)
-    assert _relative_difference(states[2].params, states[1].params) < 1e-5
     assert _relative_difference(states[4].params, states[1].params) < 1e-5
     config = _config(classifier, data_dir, 10, grad_accum_steps=3)
     with pytest.raises(ValueError, match="grad_accum_steps=3"):
