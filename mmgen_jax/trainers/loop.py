@@ -408,29 +408,31 @@ def _train_loop(config, workdir, objective, step_fn, state, mesh, checkpointer) 
         step_fn = _compile_and_report(step_fn, state, first, workdir)
         batches = itertools.chain([first], batches)
     preemption = _PreemptionWatch()
-    for step in range(start + 1, training.total_steps + 1):
-        state, metrics = step_fn(state, next(batches))
-        run.pending.append((step, metrics))
-        run.limit_steps_in_flight()
-        is_last = step == training.total_steps
-        if step % training.log_every == 0 or is_last:
-            run.flush_train_metrics()  # also updates the progress display with the loss
-        else:
-            run.progress.update(step)
-        preempted = preemption.reached(step, checkpointer)
-        if step % training.checkpoint_every == 0 or is_last or preempted:
-            run.check_finite()  # never checkpoint a state that went non-finite
-            checkpointer.save(step, state, meta={"global_batch_size": training.global_batch_size})
-        if preempted:
-            checkpointer.wait()
-            run.flush_train_metrics()
-            run.progress.close()
-            run.writer.close()
-            preemption.restore()
-            raise Preempted(f"preempted: saved step {step} to {checkpointer.directory}", step)
-        if step % training.eval_every == 0 and not is_last:
-            _evaluate_split(run, objective, state, "eval", eval_step, mesh)
-    preemption.restore()
+    try:
+        for step in range(start + 1, training.total_steps + 1):
+            state, metrics = step_fn(state, next(batches))
+            run.pending.append((step, metrics))
+            run.limit_steps_in_flight()
+            is_last = step == training.total_steps
+            if step % training.log_every == 0 or is_last:
+                run.flush_train_metrics()  # also updates the progress display with the loss
+            else:
+                run.progress.update(step)
+            preempted = preemption.reached(step, checkpointer)
+            if step % training.checkpoint_every == 0 or is_last or preempted:
+                run.check_finite()  # never checkpoint a state that went non-finite
+                meta = {"global_batch_size": training.global_batch_size}
+                checkpointer.save(step, state, meta=meta)
+            if preempted:
+                checkpointer.wait()
+                run.flush_train_metrics()
+                run.progress.close()
+                run.writer.close()
+                raise Preempted(f"preempted: saved step {step} to {checkpointer.directory}", step)
+            if step % training.eval_every == 0 and not is_last:
+                _evaluate_split(run, objective, state, "eval", eval_step, mesh)
+    finally:
+        preemption.restore()  # the process's own SIGTERM handling, whatever happened
     run.progress.close()
     _evaluate_split(run, objective, state, "eval", eval_step, mesh)
     _evaluate_split(run, objective, state, "test", eval_step, mesh)
