@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import functools
 import time
 
 import jax
@@ -67,12 +66,7 @@ def main() -> None:
             "image": jnp.asarray(rng.uniform(-1, 1, (batch_size, *info["shape"])), jnp.float32),
             "label": jnp.zeros((batch_size,), jnp.int32),
         }
-        step = jax.jit(
-            functools.partial(
-                loop.train_step, objective=objective, tx=tx, schedule=schedule, ema_decay=0.999
-            ),
-            donate_argnums=0,
-        )
+        step = loop.jit_train_step(config, objective, tx, schedule, shardings, mesh)
         compiled, _ = benchmarking.compile_timed(step, state, batch)
         flops = benchmarking.flops_of(compiled)
         state, _ = compiled(state, batch)

@@ -12,7 +12,6 @@ own per-device bytes, with the ratio between the two meshes.
 from __future__ import annotations
 
 import argparse
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -45,14 +44,7 @@ def compiled_memory(config, devices) -> dict[str, float]:
             ),
             "label": jax.ShapeDtypeStruct((size,), jnp.int32, sharding=batch_sharding),
         }
-        step = jax.jit(
-            functools.partial(
-                loop.train_step, objective=objective, tx=tx, schedule=schedule, ema_decay=0.999
-            ),
-            in_shardings=(shardings, batch_sharding),
-            out_shardings=(shardings, sharding_lib.replicated(mesh)),
-            donate_argnums=0,
-        )
+        step = loop.jit_train_step(config, objective, tx, schedule, shardings, mesh)
         compiled = step.lower(state, batch).compile()
     report = {k: v / 2**20 for k, v in benchmarking.memory_of(compiled).items()}
     report["state_per_device"] = sharding_lib.per_device_bytes(state) / 2**20

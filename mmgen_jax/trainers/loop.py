@@ -333,6 +333,24 @@ def _evaluate_split(run: _Run, objective, state, split: str, eval_step, mesh) ->
     run.writer.flush()
 
 
+def jit_train_step(config, objective, tx, schedule, shardings, mesh: jax.sharding.Mesh):
+    """`train_step` under `jax.jit` with the state's and the batch's shardings, the config's EMA
+    decay and gradient accumulation, and the state donated."""
+    return jax.jit(
+        functools.partial(
+            train_step,
+            objective=objective,
+            tx=tx,
+            schedule=schedule,
+            ema_decay=config.training.ema_decay,
+            grad_accum_steps=int(config.training.get("grad_accum_steps", 1)),
+        ),
+        in_shardings=(shardings, sharding_lib.batch_sharding(mesh)),
+        out_shardings=(shardings, sharding_lib.replicated(mesh)),
+        donate_argnums=0,
+    )
+
+
 def train_and_evaluate(
     config: ml_collections.ConfigDict,
     workdir: str,
@@ -371,19 +389,7 @@ def train_and_evaluate(
         try:
             state = initialize_or_restore(config, init, abstract, shardings, checkpointer)
             run_files.write(workdir, config, info)
-            step_fn = jax.jit(
-                functools.partial(
-                    train_step,
-                    objective=objective,
-                    tx=tx,
-                    schedule=schedule,
-                    ema_decay=training.ema_decay,
-                    grad_accum_steps=accum,
-                ),
-                in_shardings=(shardings, sharding_lib.batch_sharding(mesh)),
-                out_shardings=(shardings, sharding_lib.replicated(mesh)),
-                donate_argnums=0,
-            )
+            step_fn = jit_train_step(config, objective, tx, schedule, shardings, mesh)
             state = _train_loop(config, workdir, objective, step_fn, state, mesh, checkpointer)
         finally:
             checkpointer.close()  # never leave a save half-written on the way out
