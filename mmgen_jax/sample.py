@@ -40,16 +40,10 @@ def parse_labels(spec: str | None, num_samples: int, num_classes: int) -> np.nda
 def generate(workdir: str, args) -> tuple[np.ndarray, np.ndarray | None, dict]:
     """Samples [N, *S, C] in [-1, 1], their labels, and the settings used (with the step)."""
     run = inference.load_trained(workdir)
-    config, objective, variables = run.config, run.objective, dict(run.variables)
+    objective, variables = run.objective, dict(run.variables)
     labels = parse_labels(args.labels, args.num_samples, objective.num_classes)
-    settings = dict(
-        sampler=args.sampler or config.sampling.sampler,
-        steps=args.steps or config.sampling.steps,
-        cfg_scale=float(config.sampling.cfg_scale if args.cfg_scale is None else args.cfg_scale),
-        eta=float(config.sampling.eta if args.eta is None else args.eta),
-        cfg_channels=args.cfg_channels
-        if args.cfg_channels is not None
-        else config.sampling.get("cfg_channels", 0) or None,
+    settings = objective.sampling_settings(
+        args.sampler, args.steps, args.cfg_scale, args.eta, args.cfg_channels
     )
     objective.check_sampling_request(labels, settings["cfg_scale"])
     params = variables.pop("params")

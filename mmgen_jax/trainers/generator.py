@@ -249,6 +249,27 @@ class GeneratorObjective:
 
     # -- sampling -----------------------------------------------------------------------------
 
+    def sampling_settings(
+        self,
+        sampler: str | None = None,
+        steps: int | None = None,
+        cfg_scale: float | None = None,
+        eta: float | None = None,
+        cfg_channels: int | None = None,
+    ) -> dict[str, Any]:
+        """The sampler settings with every unset one taken from the config's `sampling` section,
+        in the order `_sample` takes them."""
+        sampling = self.sampling
+        if cfg_channels is None:  # config value 0 (or absent) = guide every channel
+            cfg_channels = sampling.get("cfg_channels", 0) or None
+        return dict(
+            sampler=sampler or sampling.sampler,
+            steps=steps or sampling.steps,
+            cfg_scale=float(sampling.cfg_scale if cfg_scale is None else cfg_scale),
+            eta=float(sampling.eta if eta is None else eta),
+            cfg_channels=cfg_channels,
+        )
+
     def check_sampling_request(self, labels, cfg_scale: float) -> None:
         """Clear errors for labels out of range or guidance without conditioning."""
         if labels is not None:
@@ -284,15 +305,9 @@ class GeneratorObjective:
 
         Unset settings come from the config's `sampling` section.
         """
-        sampling = self.sampling
-        sampler = sampler or sampling.sampler
-        steps = steps or sampling.steps
-        cfg_scale = float(sampling.cfg_scale if cfg_scale is None else cfg_scale)
-        eta = float(sampling.eta if eta is None else eta)
-        if cfg_channels is None:  # config value 0 (or absent) = guide every channel
-            cfg_channels = sampling.get("cfg_channels", 0) or None
-        self.check_sampling_request(labels, cfg_scale)
-        key = (sampler, steps, cfg_scale, eta, cfg_channels, num_samples)
+        settings = self.sampling_settings(sampler, steps, cfg_scale, eta, cfg_channels)
+        self.check_sampling_request(labels, settings["cfg_scale"])
+        key = (*settings.values(), num_samples)
         if key not in self._samplers:
             self._samplers[key] = jax.jit(
                 functools.partial(self._sample, *key[:-1], num_samples=num_samples)
