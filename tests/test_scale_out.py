@@ -157,6 +157,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # two jax.distributed processes + a reference run: ~1 min of the suite
 def test_two_processes_match_one_process(data_dir, tmp_path):
     """Two processes (jax.distributed on loopback, gloo collectives, one CPU device each) train
     the same config as one process with the same global batch and get the same parameters;
@@ -212,6 +213,7 @@ def test_two_processes_match_one_process(data_dir, tmp_path):
     assert len(read_metrics(str(tmp_path / "multi"))) == len(read_metrics(str(tmp_path / "single")))
 
 
+@pytest.mark.slow  # three trainings
 def test_remat_is_exact_and_bf16_compute_keeps_fp32_state(data_dir, tmp_path):
     factory = get_objective_factory("tokenizer")
     runs = {}

@@ -11,9 +11,13 @@ missing or `None` fields take the defaults in `DEFAULTS`):
   train_split, eval_split, test_split   TFDS split names (sub-splits like 'train[:90%]' work)
   shuffle_buffer  examples held by the shuffle buffer (they are held still encoded)
   image_key, label_key   feature names in the TFDS dataset
+  modality        'auto' (from the dataset's features), 'image', 'audio', 'video' or 'text';
+                  audio, video and text read further fields, documented in `data/audio.py`,
+                  `data/video.py` and `data/text.py`
 
 Batches are dicts with `image` float32 in [-1, 1] `[B, H, W, C]` (channels-last, whatever the
-source feature is called), `label` int32 `[B]` when the dataset has labels, and, for evaluation,
+source feature is called; the same key holds audio `[B, T, C]` and video `[B, T, H, W, C]`, and
+text arrives as `tokens` int32 `[B, L]`), `label` int32 `[B]` when the dataset has labels, and, for evaluation,
 `mask` float32 `[B]`. Each process reads its own slice of a split (`tfds.split_for_jax_process`)
 and the local batches are assembled into global arrays with
 `jax.make_array_from_process_local_data`, so the same code runs on one CPU or a pod.
@@ -26,7 +30,7 @@ import dataclasses
 import math
 import os
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import jax
 import ml_collections
@@ -67,6 +71,9 @@ DEFAULTS = {
     "host_sharding": "split",
     "image_key": "image",
     "label_key": "label",
+    "modality": "auto",  # 'image', 'audio', 'video', 'text' or 'auto' (from the features)
+    "audio_key": "audio",
+    "text_key": "text",
 }
 
 
@@ -135,9 +142,69 @@ def get_builder(data_config: ml_collections.ConfigDict) -> tfds.core.DatasetBuil
     return builder
 
 
+class Layout(Protocol):
+    """How raw TFDS examples of one modality become model inputs.
+
+    One layout per modality (images here; audio, video and text in `data/audio.py`,
+    `data/video.py`, `data/text.py`), derived once from the config and the dataset's features.
+    """
+
+    output_shape: tuple[int, ...]  # per-example shape of the main array after preprocessing
+    num_classes: int | None
+
+    def decoders(self) -> dict | None:
+        """TFDS decoders for `as_dataset` (e.g. skip image decoding until after shuffling)."""
+
+    def preprocess(self, example: dict) -> dict[str, tf.Tensor]:
+        """One raw example -> `{'image' or 'tokens': ..., 'label': ...}` of static shape."""
+
+    def extra_info(self) -> dict[str, Any]:
+        """Entries added to `dataset_info` (e.g. `sample_rate`, `vocab_size`)."""
+
+
+MODALITIES = ("image", "audio", "video", "text")
+
+
+def _infer_modality(data_config: ml_collections.ConfigDict, info: tfds.core.DatasetInfo) -> str:
+    """The modality of the dataset's main feature, unless `data.modality` names one."""
+    modality = _field(data_config, "modality")
+    if modality != "auto":
+        if modality not in MODALITIES:
+            raise ValueError(f"data.modality={modality!r} is not 'auto' or one of {MODALITIES}")
+        return modality
+    for key, feature in info.features.items():
+        if isinstance(feature, tfds.features.Audio) and key == _field(data_config, "audio_key"):
+            return "audio"
+        if isinstance(feature, tfds.features.Video):
+            return "video"
+        if isinstance(feature, tfds.features.Text) and key == _field(data_config, "text_key"):
+            return "text"
+    return "image"
+
+
+def make_layout(
+    data_config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder
+) -> Layout:
+    """The layout for the dataset's modality, checked against its features."""
+    modality = _infer_modality(data_config, builder.info)
+    if modality == "audio":
+        from mmgen_jax.data import audio
+
+        return audio.make_layout(data_config, builder)
+    if modality == "video":
+        from mmgen_jax.data import video
+
+        return video.make_layout(data_config, builder)
+    if modality == "text":
+        from mmgen_jax.data import text
+
+        return text.make_layout(data_config, builder)
+    return _example_layout(data_config, builder.info)
+
+
 @dataclasses.dataclass(frozen=True)
 class _ExampleLayout:
-    """How raw TFDS examples become model inputs; derived once from the config and DatasetInfo."""
+    """How raw TFDS image examples become model inputs (the image `Layout`)."""
 
     image_key: str
     label_key: str | None  # None when the dataset has no such feature (unlabelled data).
@@ -147,6 +214,15 @@ class _ExampleLayout:
     resize_to: int | None  # Square side to crop and resize to; None keeps the native size.
     output_shape: tuple[int, ...]  # Per-example image shape after preprocessing.
     num_classes: int | None
+
+    def decoders(self) -> dict | None:
+        return {self.image_key: tfds.decode.SkipDecoding()} if self.defer_decoding else None
+
+    def preprocess(self, example: dict) -> dict[str, tf.Tensor]:
+        return _make_preprocess(self)(example)
+
+    def extra_info(self) -> dict[str, Any]:
+        return {}
 
 
 def _example_layout(
@@ -244,16 +320,16 @@ def _make_preprocess(layout: _ExampleLayout) -> Callable[[dict], dict[str, tf.Te
 def _read_split(
     builder: tfds.core.DatasetBuilder,
     split: Any,
-    layout: _ExampleLayout,
+    layout: Layout,
     *,
     shuffle_seed: int | None = None,
 ) -> tf.data.Dataset:
     """Reads raw examples of `split` (a name or TFDS sub-split), files shuffled iff a seed is set.
 
-    Images are left encoded when `layout.defer_decoding`, so shuffle buffers hold compressed
-    bytes and skipped examples are never decoded.
+    Images are left encoded (`layout.decoders()`), so shuffle buffers hold compressed bytes and
+    skipped examples are never decoded.
     """
-    decoders = {layout.image_key: tfds.decode.SkipDecoding()} if layout.defer_decoding else None
+    decoders = layout.decoders()
     read_config = tfds.ReadConfig(
         shuffle_seed=shuffle_seed,
         shuffle_reshuffle_each_iteration=True,
@@ -336,11 +412,12 @@ def dataset_info(data_config: ml_collections.ConfigDict) -> dict:
         'num_classes': int or None, 'num_examples': {split name: int}}`.
     """
     builder = get_builder(data_config)
-    layout = _example_layout(data_config, builder.info)
+    layout = make_layout(data_config, builder)
     return {
         "shape": layout.output_shape,
         "num_classes": layout.num_classes,
         "num_examples": {name: split.num_examples for name, split in builder.info.splits.items()},
+        **layout.extra_info(),
     }
 
 
@@ -373,7 +450,7 @@ def make_train_iterator(
     """
     local_batch_size = _local_batch_size(global_batch_size, sharding)
     builder = get_builder(data_config)
-    layout = _example_layout(data_config, builder.info)
+    layout = make_layout(data_config, builder)
     host_sharding = _field(data_config, "host_sharding")
     if host_sharding not in ("split", "batch"):
         raise ValueError(f"data.host_sharding={host_sharding!r} is not 'split' or 'batch'")
@@ -396,7 +473,7 @@ def make_train_iterator(
                 lambda x: x[start : start + local_batch_size], batch
             )
         ).unbatch()
-    dataset = dataset.map(_make_preprocess(layout), num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.map(layout.preprocess, num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.batch(local_batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
     return _global_batches(_deterministic(dataset), sharding, global_batch_size)
 
@@ -421,14 +498,14 @@ def make_eval_iterator(
     """
     local_batch_size = _local_batch_size(global_batch_size, sharding)
     builder = get_builder(data_config)
-    layout = _example_layout(data_config, builder.info)
+    layout = make_layout(data_config, builder)
     # `even_splits` hands the remainder out from the first process on, so process 0 has the most.
     first_process_split = tfds.split_for_jax_process(
         split, process_index=0, process_count=jax.process_count()
     )
     largest_share = _num_examples(_read_split(builder, first_process_split, layout))
     num_batches = math.ceil(largest_share / local_batch_size)
-    preprocess = _make_preprocess(layout)
+    preprocess = layout.preprocess
     dataset = _read_split(builder, tfds.split_for_jax_process(split), layout)
     dataset = dataset.map(
         lambda example: {**preprocess(example), "mask": tf.constant(1.0)},
@@ -452,10 +529,10 @@ def load_split_numpy(data_config: ml_collections.ConfigDict, split: str) -> dict
       dataset has none).
     """
     builder = get_builder(data_config)
-    layout = _example_layout(data_config, builder.info)
+    layout = make_layout(data_config, builder)
     dataset = _read_split(builder, split, layout)
     num_examples = _num_examples(dataset)
     if num_examples == 0:
         raise ValueError(f"Split {split!r} of {builder.info.full_name!r} is empty.")
-    dataset = dataset.map(_make_preprocess(layout), num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.map(layout.preprocess, num_parallel_calls=tf.data.AUTOTUNE)
     return next(_deterministic(dataset.batch(num_examples)).as_numpy_iterator())
