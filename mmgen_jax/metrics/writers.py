@@ -25,6 +25,7 @@ import jax
 import numpy as np
 from PIL import Image
 
+from mmgen_jax.metrics import media
 from mmgen_jax.metrics.images import save_png
 
 __all__ = ["SPLITS", "MetricWriter", "read_metrics"]
@@ -174,6 +175,49 @@ class MetricWriter:
         tf, _ = self._tensorboard()
         tensor = tf.constant([str(image.shape[1]), str(image.shape[0]), png_bytes.getvalue()])
         self._write_summary(step, name, tensor, "images", "DATA_CLASS_BLOB_SEQUENCE")
+
+    def write_audio(self, step: int, name: str, audio: media.Audio) -> None:
+        """Saves each clip as ``<workdir>/images/{name}_{step:07d}_{i}.wav`` and to TensorBoard."""
+        if not self.enabled:
+            return
+        base = f"{name.replace('/', '_')}_{int(step):07d}"
+        os.makedirs(self.images_dir, exist_ok=True)
+        encoded = []
+        for index, waveform in enumerate(np.asarray(audio.waveforms)):
+            data = media.wav_bytes(waveform, audio.sample_rate)
+            with open(os.path.join(self.images_dir, f"{base}_{index}.wav"), "wb") as f:
+                f.write(data)
+            encoded.append([data, b""])
+        # The audio plugin reads a [k, 2] string tensor of (encoded audio, label) rows.
+        tf, _ = self._tensorboard()
+        self._write_summary(
+            step, name, tf.constant(encoded), "audio", "DATA_CLASS_BLOB_SEQUENCE"
+        )
+
+    def write_video(self, step: int, name: str, video: media.Video) -> None:
+        """Saves a clip as ``<workdir>/images/{name}_{step:07d}.gif`` and to TensorBoard (the
+        images plugin shows the animated GIF)."""
+        if not self.enabled:
+            return
+        frames = np.asarray(video.frames)
+        data = media.gif_bytes(frames, video.fps)
+        filename = f"{name.replace('/', '_')}_{int(step):07d}.gif"
+        os.makedirs(self.images_dir, exist_ok=True)
+        with open(os.path.join(self.images_dir, filename), "wb") as f:
+            f.write(data)
+        tf, _ = self._tensorboard()
+        tensor = tf.constant([str(frames.shape[2]), str(frames.shape[1]), data])
+        self._write_summary(step, name, tensor, "images", "DATA_CLASS_BLOB_SEQUENCE")
+
+    def write_media(self, step: int, name: str, item) -> None:
+        """Writes what an objective's `visualize` returned: a picture (`[H, W, C]` array),
+        `media.Audio` (WAV) or `media.Video` (GIF)."""
+        if isinstance(item, media.Audio):
+            self.write_audio(step, name, item)
+        elif isinstance(item, media.Video):
+            self.write_video(step, name, item)
+        else:
+            self.write_images(step, name, item)
 
     def write_text(self, step: int, name: str, text: str) -> None:
         """Writes a TensorBoard text summary (e.g. the resolved config, decoded text samples)."""

@@ -328,8 +328,8 @@ def _evaluate_split(run: _Run, objective, state, split: str, eval_step, mesh) ->
     metrics, first = evaluate(objective, params, state.model_state, batches, eval_step)
     run.writer.write_scalars(step, split, metrics)
     logger.info("step %d %s: %s", step, split, json.dumps(metrics, sort_keys=True))
-    for name, image in objective.visualize(params, state.model_state, first).items():
-        run.writer.write_images(step, f"{split}/{name}", image)
+    for name, item in objective.visualize(params, state.model_state, first).items():
+        run.writer.write_media(step, f"{split}/{name}", item)
     run.writer.flush()
 
 

@@ -39,5 +39,6 @@ class Objective(Protocol):
     def finalize_eval(self, sums: dict[str, np.ndarray]) -> dict[str, float]:
         """Turn the summed eval outputs of a whole split into metrics."""
 
-    def visualize(self, params: Any, model_state: Any, batch: Batch) -> dict[str, np.ndarray]:
-        """Images ([H, W, C] uint8) to save at each evaluation, by name."""
+    def visualize(self, params: Any, model_state: Any, batch: Batch) -> dict[str, Any]:
+        """What to save at each evaluation, by name: pictures ([H, W, C] uint8),
+        `metrics.media.Audio` (written as WAV) or `metrics.media.Video` (written as GIF)."""
