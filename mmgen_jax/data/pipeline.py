@@ -18,8 +18,8 @@ missing or `None` fields take the defaults in `DEFAULTS`):
 Batches are dicts with `image` float32 in [-1, 1] `[B, H, W, C]` (channels-last, whatever the
 source feature is called; the same key holds audio `[B, T, C]` and video `[B, T, H, W, C]`, and
 text arrives as `tokens` int32 `[B, L]`), `label` int32 `[B]` when the dataset has labels,
-and, for evaluation, `mask` float32 `[B]`. Each process reads its own slice of a split (`tfds.split_for_jax_process`)
-and the local batches are assembled into global arrays with
+and, for evaluation, `mask` float32 `[B]`. Each process reads its own slice of a split
+(`tfds.split_for_jax_process`) and the local batches are assembled into global arrays with
 `jax.make_array_from_process_local_data`, so the same code runs on one CPU or a pod.
 
 TensorFlow is only an input library here: importing this module hides accelerators from it so it
