@@ -20,6 +20,7 @@ split (`configs/classifier.py`):
 from __future__ import annotations
 
 import functools
+import os
 
 import jax
 import numpy as np
@@ -118,3 +119,22 @@ def score_samples(
         predictions = scorer.predict(np.asarray(samples, np.float32))
         scores["class_accuracy"] = float(np.mean(predictions == np.asarray(labels)))
     return scores
+
+
+def _score_with_classifier(samples, labels, *, workdir: str, final, info) -> dict[str, float]:
+    del info
+    return score_samples(os.path.join(workdir, final.classifier_stage), samples, labels)
+
+
+# final.scorer -> function(samples, labels, *, workdir, final, info) -> scores. `workdir` is the
+# staged run's directory, `final` its `final` config section, `info` the generator's dataset info.
+SCORERS = {
+    "classifier": _score_with_classifier,
+}
+
+
+def score(name: str, samples, labels, *, workdir: str, final, info) -> dict[str, float]:
+    """Scores the samples of a staged run with the scorer `final.scorer` names."""
+    if name not in SCORERS:
+        raise ValueError(f"final.scorer={name!r} is not one of {', '.join(sorted(SCORERS))}")
+    return SCORERS[name](samples, labels, workdir=workdir, final=final, info=info)

@@ -4,7 +4,8 @@
       --steps 50 [--labels 0,1,2 | --labels balanced] [--seed 0] [--eta 0] [--cfg_channels 3]
       [--classifier_workdir CLS_DIR]
 
-Writes `DIR/samples/<tag>.png` (a grid), `<tag>.npz` (`samples` in [-1, 1], `labels`) and
+Writes `DIR/samples/<tag>.png` (a grid of images; `<tag>.gif` for video, `<tag>_<i>.wav` for
+audio), `<tag>.npz` (`samples` in [-1, 1], `labels`) and
 `<tag>.json` with every sampler setting, so a picture is never separated from how it was made.
 With `--classifier_workdir`, also scores the samples (class accuracy, digits-FD against the
 test split) and appends them to `DIR/metrics.jsonl` with `split: "sample"`.
@@ -21,8 +22,7 @@ import jax
 import numpy as np
 
 from mmgen_jax import inference, xla_flags
-from mmgen_jax.metrics import MetricWriter, save_png
-from mmgen_jax.trainers.generator import sample_grid
+from mmgen_jax.metrics import MetricWriter, present
 
 
 def parse_labels(spec: str | None, num_samples: int, num_classes: int) -> np.ndarray | None:
@@ -37,8 +37,9 @@ def parse_labels(spec: str | None, num_samples: int, num_classes: int) -> np.nda
     return np.resize(labels, num_samples)
 
 
-def generate(workdir: str, args) -> tuple[np.ndarray, np.ndarray | None, dict]:
-    """Samples [N, *S, C] in [-1, 1], their labels, and the settings used (with the step)."""
+def generate(workdir: str, args) -> tuple[np.ndarray, np.ndarray | None, dict, dict]:
+    """Samples [N, *S, C] in [-1, 1], their labels, the settings used (with the step) and the
+    dataset info of the run."""
     run = inference.load_trained(workdir)
     objective, variables = run.objective, dict(run.variables)
     labels = parse_labels(args.labels, args.num_samples, objective.num_classes)
@@ -60,7 +61,8 @@ def generate(workdir: str, args) -> tuple[np.ndarray, np.ndarray | None, dict]:
             )
         )
     settings.update(seed=args.seed, num_samples=args.num_samples, workdir=workdir, step=run.step)
-    return np.concatenate(samples), labels, settings
+    settings.update(space=objective.space)
+    return np.concatenate(samples), labels, settings, run.info
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -84,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     xla_flags.configure_for_cpu()
     try:
-        samples, labels, settings = generate(args.workdir, args)
+        samples, labels, settings, run_info = generate(args.workdir, args)
     except (ValueError, FileNotFoundError) as err:
         sys.exit(f"error: {err}")
     tag = args.tag or (
@@ -97,9 +99,11 @@ def main(argv: list[str] | None = None) -> None:
         samples=samples,
         labels=np.asarray([] if labels is None else labels),
     )
-    if samples.ndim == 4 and samples.shape[-1] in (1, 3):
-        per_row = int(np.max(labels)) + 1 if labels is not None else 10
-        save_png(os.path.join(out_dir, f"{tag}.png"), sample_grid(samples, min(per_row, 10)))
+    per_row = int(np.max(labels)) + 1 if labels is not None else 10
+    written = [os.path.join(out_dir, f"{tag}.{ext}") for ext in ("npz", "json")]
+    if settings["space"] != "raw":  # raw samples (e.g. SD-VAE latents) are not pictures
+        item = present.present(samples, min(per_row, 10), run_info)
+        written += present.save(os.path.join(out_dir, tag), item)
     if args.classifier_workdir:
         from mmgen_jax.evaluation import score_samples
 
@@ -109,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
         MetricWriter(args.workdir).write_scalars(settings["step"], "sample", numbers)
     with open(os.path.join(out_dir, f"{tag}.json"), "w") as f:
         json.dump(settings, f, indent=2, sort_keys=True)
-    print(f"wrote {len(samples)} samples to {out_dir}/{tag}.{{png,npz,json}}")
+    print(f"wrote {len(samples)} samples: " + ", ".join(written))
     print(json.dumps(settings, sort_keys=True))
 
 

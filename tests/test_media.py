@@ -55,3 +55,28 @@ def test_writer_writes_wav_and_gif_files_and_tensorboard_events(tmp_path):
             for value in event.summary.value:
                 tags.add((value.tag, value.metadata.plugin_data.plugin_name))
     assert tags == {("eval/samples", "audio"), ("eval/clips", "images")}
+
+
+def test_present_picks_picture_sound_or_clip_by_signal_rank(tmp_path):
+    from mmgen_jax.metrics import present
+
+    images = np.zeros((4, 8, 8, 1), np.float32)
+    grid = present.present(images, 2, {})
+    # 2x2 cells of 32x32 (8x8 upscaled 4x) with 1-pixel separators.
+    assert grid.shape == (2 * 33 + 1, 2 * 33 + 1, 1) and grid.dtype == np.uint8
+    sound = present.present(np.full((3, 100, 1), 2.0, np.float32), 2, {"sample_rate": 8000})
+    assert sound.sample_rate == 8000 and sound.waveforms.max() == 1.0  # clipped to [-1, 1]
+    clips = np.linspace(-1, 1, 2 * 5 * 16 * 16 * 1).reshape(2, 5, 16, 16, 1)
+    video = present.present(clips, 2, {"fps": 4})
+    # Frame t of the video tiles frame t of both clips (16x16 upscaled 2x).
+    assert video.frames.shape == (5, 33, 2 * 33 + 1, 1) and video.fps == 4
+    pairs = present.present_pairs(clips, clips, {})
+    assert pairs.frames.shape[0] == 5
+    assert [os.path.basename(p) for p in present.save(str(tmp_path / "s"), sound)] == [
+        "s_0.wav",
+        "s_1.wav",
+        "s_2.wav",
+    ]
+    assert present.save(str(tmp_path / "v"), video) == [str(tmp_path / "v.gif")]
+    with pytest.raises(ValueError, match="no presentation"):
+        present.present(np.zeros((2, 3)), 1, {})

@@ -190,9 +190,7 @@ class MetricWriter:
             encoded.append([data, b""])
         # The audio plugin reads a [k, 2] string tensor of (encoded audio, label) rows.
         tf, _ = self._tensorboard()
-        self._write_summary(
-            step, name, tf.constant(encoded), "audio", "DATA_CLASS_BLOB_SEQUENCE"
-        )
+        self._write_summary(step, name, tf.constant(encoded), "audio", "DATA_CLASS_BLOB_SEQUENCE")
 
     def write_video(self, step: int, name: str, video: media.Video) -> None:
         """Saves a clip as ``<workdir>/images/{name}_{step:07d}.gif`` and to TensorBoard (the

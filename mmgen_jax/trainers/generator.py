@@ -30,7 +30,7 @@ from mmgen_jax import inference
 from mmgen_jax.data import pipeline
 from mmgen_jax.diffusion.gaussian import GaussianDiffusion, betas_for_schedule, space_timesteps
 from mmgen_jax.diffusion.samplers import ddim_sample, ddpm_sample
-from mmgen_jax.metrics import make_grid, to_uint8
+from mmgen_jax.metrics import present
 from mmgen_jax.models.dit import DiT
 from mmgen_jax.models.vqvae import VQVAE
 from mmgen_jax.sharding import host_array
@@ -120,6 +120,7 @@ class GeneratorObjective:
             raise ValueError(f"generator.space={generator.space!r} is not one of {SPACES}")
         self.space = generator.space
         self.num_classes = int(info["num_classes"] or 0) if generator.class_conditional else 0
+        self.info = info
         self.signal_shape = tuple(info["shape"])
         self.tokenizer = None
         self.latent_stats = None
@@ -233,8 +234,8 @@ class GeneratorObjective:
         count = float(sums["count"])
         return {name: float(value) / count for name, value in sums.items() if name != "count"}
 
-    def visualize(self, params, model_state, batch: Batch) -> dict[str, np.ndarray]:
-        if len(self.signal_shape) != 3 or self.signal_shape[-1] not in (1, 3):
+    def visualize(self, params, model_state, batch: Batch) -> dict[str, Any]:
+        if self.space == "raw":  # nothing to decode the model's own space with
             return {}
         per_class = self.sampling.grid_per_class
         labels = np.repeat(np.arange(max(self.num_classes, 1)), per_class)
@@ -245,7 +246,7 @@ class GeneratorObjective:
             jax.random.PRNGKey(0),
             num_samples=len(labels),
         )
-        return {"samples": sample_grid(host_array(samples), per_class)}
+        return {"samples": present.present(host_array(samples), per_class, self.info)}
 
     # -- sampling -----------------------------------------------------------------------------
 
@@ -346,9 +347,3 @@ class GeneratorObjective:
         else:
             z = ddpm_sample(model_fn, diffusion, shape, rng, **common)
         return self.to_signal(model_state, z)
-
-
-def sample_grid(samples: np.ndarray, per_row: int) -> np.ndarray:
-    """Samples [N, H, W, C] in [-1, 1] -> one uint8 grid, `per_row` samples per row."""
-    upscale = max(1, 32 // samples.shape[1])
-    return make_grid(to_uint8(samples), ncols=per_row, upscale=upscale)

@@ -9,6 +9,7 @@ single run, so re-running the command after an interruption continues where it s
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
@@ -19,9 +20,8 @@ import ml_collections
 import numpy as np
 
 from mmgen_jax import evaluation, inference
-from mmgen_jax.metrics import MetricWriter, save_png
+from mmgen_jax.metrics import MetricWriter, present
 from mmgen_jax.trainers import get_objective_factory, loop
-from mmgen_jax.trainers.generator import sample_grid
 
 logger = logging.getLogger(__name__)
 
@@ -51,13 +51,16 @@ def _sample_and_score(config, workdir: str) -> dict[str, float]:
     )
     shown = min(final.grid_per_class, final.per_class)
     grid = samples.reshape(num_classes, final.per_class, *samples.shape[1:])[:, :shown]
-    save_png(
-        os.path.join(workdir, "samples.png"),
-        sample_grid(grid.reshape(-1, *samples.shape[1:]), shown),
-    )
+    item = present.present(grid.reshape(-1, *samples.shape[1:]), shown, run.info)
+    present.save(os.path.join(workdir, "samples"), item)
     np.savez_compressed(os.path.join(workdir, "samples.npz"), samples=samples, labels=labels)
-    scores = evaluation.score_samples(
-        os.path.join(workdir, final.classifier_stage), samples, labels
+    scores = evaluation.score(
+        final.get("scorer", "classifier"),
+        samples,
+        labels,
+        workdir=workdir,
+        final=final,
+        info=run.info,
     )
     sampling = run.config.sampling
     settings = dict(
@@ -102,7 +105,8 @@ def _print_summary(config, workdir: str, scores: dict, timings: dict) -> None:
     for name, seconds in timings.items():
         lines.append(f"  {name:<18} {seconds:7.1f} s")
     lines.append("Sample scores: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(scores.items())))
-    lines.append(f"  sample grid      {os.path.join(workdir, 'samples.png')}")
+    shown = sorted(glob.glob(os.path.join(workdir, "samples*.*")))
+    lines.append(f"  samples          {', '.join(shown[:3])}{' ...' if len(shown) > 3 else ''}")
     for name in config.stage_order:
         stage_dir = os.path.join(workdir, name)
         lines.append(f"  {name:<16} {stage_dir}/{{metrics.jsonl,images/,checkpoints/}}")

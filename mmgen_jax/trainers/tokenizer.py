@@ -10,15 +10,12 @@ import ml_collections
 import numpy as np
 
 from mmgen_jax.augment import augment
-from mmgen_jax.metrics import code_histogram, codebook_metrics, psnr, side_by_side, ssim, to_uint8
+from mmgen_jax.metrics import code_histogram, codebook_metrics, present, psnr, ssim
 from mmgen_jax.models import quantizers
 from mmgen_jax.models.vqvae import VQVAE, Decoder, Encoder, total_downsampling
 from mmgen_jax.sharding import host_array
 from mmgen_jax.trainers.objective import Batch
 from mmgen_jax.trainers.state import compute_dtype
-
-# How many pixels wide the smallest image in a grid is drawn (8x8 digits -> 4x upscale).
-_MIN_VISUAL_SIZE = 32
 
 
 def build_quantizer(config: ml_collections.ConfigDict, input_dim: int):
@@ -70,6 +67,7 @@ class TokenizerObjective:
     """Trains a VQVAE on `batch['image']` (any rank, channels-last, values in [-1, 1])."""
 
     def __init__(self, config: ml_collections.ConfigDict, info: dict[str, Any]):
+        self.info = info
         self.shape = tuple(info["shape"])
         self.model = build_vqvae(config, out_channels=self.shape[-1])
         self.num_codes = num_codes(config)
@@ -133,12 +131,8 @@ class TokenizerObjective:
         metrics["bits_per_example"] = latent_positions * float(np.log2(self.num_codes))
         return metrics
 
-    def visualize(self, params, model_state, batch: Batch) -> dict[str, np.ndarray]:
-        if len(self.shape) != 3:
-            return {}
+    def visualize(self, params, model_state, batch: Batch) -> dict[str, Any]:
         x = batch["image"][: self.num_visualize]
         recon, _ = self.model.apply({"params": params, **model_state}, x)
-        upscale = max(1, _MIN_VISUAL_SIZE // self.shape[0])
-        originals = to_uint8(host_array(x))
-        reconstructions = to_uint8(np.clip(host_array(recon), -1, 1))
-        return {"reconstructions": side_by_side(originals, reconstructions, upscale=upscale)}
+        originals, reconstructions = host_array(x), np.clip(host_array(recon), -1, 1)
+        return {"reconstructions": present.present_pairs(originals, reconstructions, self.info)}
