@@ -69,7 +69,7 @@ def test_present_picks_picture_sound_or_clip_by_signal_rank(tmp_path):
     clips = np.linspace(-1, 1, 2 * 5 * 16 * 16 * 1).reshape(2, 5, 16, 16, 1)
     video = present.present(clips, 2, {"fps": 4})
     # Frame t of the video tiles frame t of both clips (16x16 upscaled 2x).
-    assert video.frames.shape == (5, 33, 2 * 33 + 1, 1) and video.fps == 4
+    assert video.frames.shape == (5, 33 + 1, 2 * 33 + 1, 1) and video.fps == 4
     pairs = present.present_pairs(clips, clips, {})
     assert pairs.frames.shape[0] == 5
     assert [os.path.basename(p) for p in present.save(str(tmp_path / "s"), sound)] == [
