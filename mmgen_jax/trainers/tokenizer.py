@@ -119,12 +119,19 @@ class TokenizerObjective:
         }
         if x.ndim == 4:  # SSIM is defined for images
             sums["ssim"] = jnp.sum(ssim(recon01, x01) * mask)
+        if x.ndim == 5:  # video [B, T, H, W, C]: per-frame PSNR / SSIM, mean over each clip
+            frames, recon_frames = (a.reshape(-1, *a.shape[2:]) for a in (x01, recon01))
+            for name, metric in (("frame_psnr", psnr), ("frame_ssim", ssim)):
+                per_clip = metric(recon_frames, frames).reshape(x.shape[:2]).mean(axis=1)  # [B]
+                sums[name] = jnp.sum(per_clip * mask)
         return sums
 
     def finalize_eval(self, sums: dict[str, np.ndarray]) -> dict[str, float]:
         count = float(sums["count"])
         metrics = {
-            name: float(sums[name]) / count for name in ("mse", "psnr", "ssim") if name in sums
+            name: float(sums[name]) / count
+            for name in ("mse", "psnr", "ssim", "frame_psnr", "frame_ssim")
+            if name in sums
         }
         metrics.update(codebook_metrics(sums["code_counts"]))
         latent_positions = int(np.prod(self.latent_shape))
