@@ -4,6 +4,6 @@ Importing this package registers every builder with TFDS by its snake-case class
 `tfds.builder('digits', data_dir=...)` finds it. A new builder module must be imported here.
 """
 
-from mmgen_jax.data.builders import digits, image_folder, notes, moving_digits
+from mmgen_jax.data.builders import arithmetic, digits, image_folder, moving_digits, notes
 
-__all__ = ["digits", "image_folder", "notes", "moving_digits"]
+__all__ = ["arithmetic", "digits", "image_folder", "moving_digits", "notes"]
