@@ -44,9 +44,15 @@ def _video_grid(clips: np.ndarray, per_row: int, fps: float) -> media.Video:
 def present(samples: np.ndarray, per_row: int, info: dict[str, Any]) -> Any:
     """Samples [N, *S, C] in [-1, 1] -> a picture grid, `media.Audio` or `media.Video`.
 
-    `info` is the dataset info (`sample_rate` for audio, `fps` for video, when known).
+    `info` is the dataset info (`sample_rate` for audio, `fps` for video, when known). Text
+    samples (`info['modality'] == 'text'`) are token ids [N, L] and become one string, a
+    decoded sample per line.
     """
     samples = np.asarray(samples)
+    if info.get("modality") == "text":
+        from mmgen_jax.data import text
+
+        return "\n".join(text.decode_batch(samples, info))
     kind = modality_of(samples.shape[1:])
     if kind == "audio":
         return media.Audio(np.clip(samples, -1.0, 1.0), int(info.get("sample_rate") or 16000))
@@ -71,9 +77,13 @@ def present_pairs(originals: np.ndarray, reconstructions: np.ndarray, info: dict
 
 
 def save(stem: str, item: Any) -> list[str]:
-    """Writes `item` from `present` to `<stem>.png`, `<stem>.gif` or `<stem>_<i>.wav`; returns
-    the paths written."""
+    """Writes `item` from `present` to `<stem>.png`, `<stem>.gif`, `<stem>_<i>.wav` or (text)
+    `<stem>.txt`; returns the paths written."""
     os.makedirs(os.path.dirname(stem) or ".", exist_ok=True)
+    if isinstance(item, str):
+        with open(f"{stem}.txt", "w", encoding="utf-8") as f:
+            f.write(item + "\n")
+        return [f"{stem}.txt"]
     if isinstance(item, media.Audio):
         paths = []
         for index, waveform in enumerate(item.waveforms):

@@ -209,8 +209,11 @@ class MetricWriter:
 
     def write_media(self, step: int, name: str, item) -> None:
         """Writes what an objective's `visualize` returned: a picture (`[H, W, C]` array),
-        `media.Audio` (WAV) or `media.Video` (GIF)."""
-        if isinstance(item, media.Audio):
+        `media.Audio` (WAV), `media.Video` (GIF) or text (a `str`: TensorBoard text and
+        `<workdir>/images/{name}_{step:07d}.txt`)."""
+        if isinstance(item, str):
+            self.write_text_file(step, name, item)
+        elif isinstance(item, media.Audio):
             self.write_audio(step, name, item)
         elif isinstance(item, media.Video):
             self.write_video(step, name, item)
@@ -223,6 +226,17 @@ class MetricWriter:
             return
         tf, _ = self._tensorboard()
         self._write_summary(step, name, tf.constant(str(text)), "text", "DATA_CLASS_TENSOR")
+
+    def write_text_file(self, step: int, name: str, text: str) -> None:
+        """Saves text (e.g. decoded samples) as ``<workdir>/images/{name}_{step:07d}.txt`` and
+        as a TensorBoard text summary."""
+        if not self.enabled:
+            return
+        os.makedirs(self.images_dir, exist_ok=True)
+        filename = f"{name.replace('/', '_')}_{int(step):07d}.txt"
+        with open(os.path.join(self.images_dir, filename), "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+        self.write_text(step, name, text)
 
     def flush(self) -> None:
         """Flushes pending TensorBoard events (JSON lines are flushed as they are written)."""
