@@ -354,3 +354,155 @@ class FSQ(nn.Module):
             jnp.round(vectors * half_width), -half_width, self._levels() - 1 - half_width
         )
         return self.codes_to_indices(digits / half_width)
+
+
+class ResidualVQ(nn.Module):
+    """Residual vector quantization (Zeghidour et al. 2021, SoundStream; Défossez et al. 2022).
+
+    Stage s quantizes what stages 0..s-1 left over: r_0 = z, q_s = nearest code of r_s in
+    codebook s, r_{s+1} = r_s - q_s; the quantized latent is the sum of the stage codes. Indices
+    gain a trailing stage axis `[B, *S, num_stages]`, and `num_stages * log2(num_codes)` bits
+    describe one latent position.
+
+    Quantizer dropout: at training each example keeps only its first n_q stages, with n_q drawn
+    uniformly from 1..num_stages per example (at the global batch shape, from the `quantizer`
+    rng stream), so one decoder learns to decode every prefix and one model serves several
+    bitrates. Dropout only decides which stage codes reach the decoder: every stage still
+    quantizes (and, with EMA, learns from) the residuals of every example, which exist whatever
+    n_q is. Evaluation uses the first `eval_stages` stages (all when None); `indices_to_codes`
+    and `code_vectors` take a `num_stages` argument for decoding at a lower bitrate.
+
+    One straight-through estimator spans all stages (`z + sg(sum q - z)`), so the encoder gets
+    the decoder's gradient once, not once per stage; each stage adds its own codebook and
+    commitment losses. Inputs are projected to `code_dim` once (when `input_dim` differs), the
+    residuals live in that space, and the sum is projected back.
+
+    Attributes:
+      num_stages: number of residual codebooks.
+      num_codes, code_dim, beta, use_ema, ema_decay, ema_epsilon, restart_after_steps: as in
+        `VectorQuantizer`, shared by every stage (each stage has its own codebook, EMA
+        statistics and dead-code restarts; `apply_codebook_restarts` finds them all).
+      quantizer_dropout: draw n_q per example at training (otherwise all stages are used).
+      eval_stages: stages used outside training; None means all.
+      input_dim: channel count of the inputs (None: inputs have `code_dim` channels).
+    """
+
+    num_stages: int
+    num_codes: int
+    code_dim: int
+    beta: float = 0.25
+    use_ema: bool = False
+    ema_decay: float = 0.99
+    ema_epsilon: float = 1e-5
+    restart_after_steps: int = 0
+    quantizer_dropout: bool = True
+    eval_stages: int | None = None
+    input_dim: int | None = None
+    dtype: Any = jnp.float32
+
+    def setup(self):
+        if self.num_stages < 1:
+            raise ValueError(f"ResidualVQ needs num_stages >= 1, got {self.num_stages}")
+        if self.eval_stages is not None and not 1 <= self.eval_stages <= self.num_stages:
+            raise ValueError(
+                f"eval_stages={self.eval_stages} must be in [1, num_stages={self.num_stages}]"
+            )
+        if self._projected:
+            self.in_proj = nn.Dense(self.code_dim, dtype=self.dtype)
+            self.out_proj = nn.Dense(self.input_dim, dtype=self.dtype)
+        self.stages = [
+            VectorQuantizer(
+                num_codes=self.num_codes,
+                code_dim=self.code_dim,
+                beta=self.beta,
+                use_ema=self.use_ema,
+                ema_decay=self.ema_decay,
+                ema_epsilon=self.ema_epsilon,
+                restart_after_steps=self.restart_after_steps,
+                dtype=self.dtype,
+            )
+            for _ in range(self.num_stages)
+        ]
+
+    @property
+    def _projected(self) -> bool:
+        return self.input_dim is not None and self.input_dim != self.code_dim
+
+    def _check_stages(self, num_stages: int | None) -> int:
+        if num_stages is None:
+            return self.eval_stages or self.num_stages
+        if not 1 <= num_stages <= self.num_stages:
+            raise ValueError(f"num_stages={num_stages} must be in [1, {self.num_stages}]")
+        return num_stages
+
+    def __call__(
+        self, z: jnp.ndarray, *, train: bool = False, num_stages: int | None = None
+    ) -> QuantizerOutput:
+        expected = self.input_dim if self.input_dim is not None else self.code_dim
+        if z.shape[-1] != expected:
+            raise ValueError(f"ResidualVQ expects {expected} channels, got shape {z.shape}")
+        if self._projected:
+            z = self.in_proj(z)
+        z = z.astype(jnp.float32)  # [B, *S, d]
+        residual = z
+        codes, indices, loss, stats = [], [], jnp.zeros(()), {}
+        for s, stage in enumerate(self.stages):
+            out = stage(residual, train=train)
+            quantized = jax.lax.stop_gradient(out.z_q)  # the stage's code vectors [B, *S, d]
+            codes.append(quantized)
+            indices.append(out.indices)
+            loss = loss + out.loss
+            for name, value in out.stats.items():
+                stats[f"stage{s}_{name}"] = value
+            residual = residual - quantized
+        codes = jnp.stack(codes, axis=-2)  # [B, *S, num_stages, d]
+        if train and self.quantizer_dropout and not self.is_initializing():
+            # n_q in 1..num_stages per example; keep[b, s] = s < n_q[b].
+            rng = self.make_rng(RNG_STREAM)
+            kept = jax.random.randint(rng, (z.shape[0],), 1, self.num_stages + 1)  # [B]
+            keep = jnp.arange(self.num_stages) < kept[:, None]  # [B, num_stages]
+            keep = keep.reshape(z.shape[0], *(1,) * (z.ndim - 2), self.num_stages)
+            stats["mean_stages_used"] = jnp.mean(kept.astype(jnp.float32))
+        else:
+            used = self.num_stages if train else self._check_stages(num_stages)
+            keep = jnp.arange(self.num_stages) < used  # [num_stages]
+        keep = keep.astype(jnp.float32)[..., None]  # broadcasts against [B, *S, num_stages, d]
+        quantized_sum = jnp.sum(codes * keep, axis=-2)  # [B, *S, d]
+        z_q = z + jax.lax.stop_gradient(quantized_sum - z)  # straight-through over all stages
+        z_q = self.out_proj(z_q) if self._projected else z_q
+        stats["batch_usage"] = jnp.mean(
+            jnp.stack([stats[f"stage{s}_batch_usage"] for s in range(self.num_stages)])
+        )
+        stats["batch_perplexity"] = jnp.mean(
+            jnp.stack([stats[f"stage{s}_batch_perplexity"] for s in range(self.num_stages)])
+        )
+        return QuantizerOutput(z_q, jnp.stack(indices, axis=-1), loss, stats)
+
+    def code_vectors(self, indices: jnp.ndarray, num_stages: int | None = None) -> jnp.ndarray:
+        """Indices [B, *S, num_stages] -> summed codes [B, *S, code_dim] of the first
+        `num_stages` stages (default: `eval_stages`, or all)."""
+        if indices.shape[-1] != self.num_stages:
+            raise ValueError(
+                f"ResidualVQ indices need a trailing axis of {self.num_stages} stages, got "
+                f"shape {indices.shape}"
+            )
+        used = self._check_stages(num_stages)
+        total = 0.0
+        for s in range(used):
+            total = total + self.stages[s].code_vectors(indices[..., s])
+        return jnp.asarray(total, jnp.float32)
+
+    def indices_to_codes(self, indices: jnp.ndarray, num_stages: int | None = None) -> jnp.ndarray:
+        """Indices [B, *S, num_stages] -> decoder input [B, *S, input_dim]."""
+        codes = self.code_vectors(indices, num_stages)
+        return self.out_proj(codes) if self._projected else codes
+
+    def nearest_indices(self, vectors: jnp.ndarray) -> jnp.ndarray:
+        """Code-space vectors [B, *S, code_dim] -> greedy residual indices [B, *S, num_stages]."""
+        residual = vectors.astype(jnp.float32)
+        indices = []
+        for stage in self.stages:
+            index = stage.nearest_indices(residual)
+            indices.append(index)
+            residual = residual - stage.code_vectors(index)
+        return jnp.stack(indices, axis=-1)
