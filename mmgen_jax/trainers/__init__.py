@@ -2,12 +2,14 @@
 
 from mmgen_jax.trainers.classifier import ClassifierObjective
 from mmgen_jax.trainers.generator import GeneratorObjective
+from mmgen_jax.trainers.masked import MaskedDiffusionObjective
 from mmgen_jax.trainers.tokenizer import TokenizerObjective
 
 # config.trainer -> objective factory. Adding a model family = one objective + one entry here.
 OBJECTIVES = {
     "classifier": ClassifierObjective,
     "generator": GeneratorObjective,
+    "masked": MaskedDiffusionObjective,
     "tokenizer": TokenizerObjective,
 }
 
