@@ -5,8 +5,9 @@
       [--classifier_workdir CLS_DIR]
 
 Writes `DIR/samples/<tag>.png` (a grid of images; `<tag>.gif` for video, `<tag>_<i>.wav` for
-audio), `<tag>.npz` (`samples` in [-1, 1], `labels`) and
-`<tag>.json` with every sampler setting, so a picture is never separated from how it was made.
+audio, `<tag>.txt` with one decoded sample per line for text), `<tag>.npz` (`samples` in
+[-1, 1] or token ids, `labels`) and `<tag>.json` with every sampler setting, so a picture is
+never separated from how it was made.
 With `--classifier_workdir`, also scores the samples (class accuracy, digits-FD against the
 test split) and appends them to `DIR/metrics.jsonl` with `split: "sample"`.
 """
@@ -62,6 +63,8 @@ def generate(workdir: str, args) -> tuple[np.ndarray, np.ndarray | None, dict, d
         )
     settings.update(seed=args.seed, num_samples=args.num_samples, workdir=workdir, step=run.step)
     settings.update(space=objective.space)
+    if getattr(objective, "last_num_calls", None) is not None:
+        settings.update(model_calls=objective.last_num_calls)  # denoiser calls, last batch
     return np.concatenate(samples), labels, settings, run.info
 
 
@@ -74,7 +77,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workdir", required=True, help="a trained generator workdir")
     parser.add_argument("--num_samples", type=int, default=100)
     parser.add_argument("--cfg_scale", type=float, default=None)
-    parser.add_argument("--sampler", choices=("ddim", "ddpm"), default=None)
+    # ddim/ddpm: Gaussian generators; ancestral: masked-diffusion (token) generators.
+    parser.add_argument("--sampler", choices=("ddim", "ddpm", "ancestral"), default=None)
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--eta", type=float, default=None)
     parser.add_argument("--cfg_channels", type=int, default=None)

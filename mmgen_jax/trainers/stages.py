@@ -28,32 +28,40 @@ logger = logging.getLogger(__name__)
 
 def _stage_config(config: ml_collections.ConfigDict, name: str, workdir: str):
     stage = config.stages[name]
-    if stage.trainer == "generator" and stage.generator.space == "latent":
+    if stage.trainer in ("generator", "masked") and stage.generator.space == "latent":
         if not stage.generator.tokenizer_workdir:
             stage.generator.tokenizer_workdir = os.path.join(workdir, config.final.tokenizer_stage)
     return stage
 
 
 def _sample_and_score(config, workdir: str) -> dict[str, float]:
-    """Sample `final.per_class` examples of every class from the generator stage, score them and
-    save them with a grid of the first `final.grid_per_class` of each class."""
+    """Sample `final.per_class` examples of every class (of an unconditional generator:
+    `final.per_class` examples) from the generator stage, score them and save them with a grid
+    of the first `final.grid_per_class` of each class (text: every sample, decoded)."""
     final = config.final
     generator_dir = os.path.join(workdir, final.generator_stage)
     run = inference.load_trained(generator_dir)
     num_classes = run.objective.num_classes
-    labels = np.repeat(np.arange(num_classes), final.per_class)
+    labels = np.repeat(np.arange(num_classes), final.per_class) if num_classes else None
+    num_samples = final.per_class * max(num_classes, 1)
     variables = dict(run.variables)
     params = variables.pop("params")
     samples = np.asarray(
         run.objective.sample(
-            params, variables, labels, jax.random.PRNGKey(final.seed), num_samples=len(labels)
+            params, variables, labels, jax.random.PRNGKey(final.seed), num_samples=num_samples
         )
     )
     shown = min(final.grid_per_class, final.per_class)
-    grid = samples.reshape(num_classes, final.per_class, *samples.shape[1:])[:, :shown]
+    grid = samples.reshape(max(num_classes, 1), final.per_class, *samples.shape[1:])[:, :shown]
+    if run.info.get("modality") == "text":
+        grid = samples  # decoded text: one line per sample, all of them
     item = present.present(grid.reshape(-1, *samples.shape[1:]), shown, run.info)
     present.save(os.path.join(workdir, "samples"), item)
-    np.savez_compressed(os.path.join(workdir, "samples.npz"), samples=samples, labels=labels)
+    np.savez_compressed(
+        os.path.join(workdir, "samples.npz"),
+        samples=samples,
+        labels=np.zeros(0, np.int32) if labels is None else labels,
+    )
     scores = evaluation.score(
         final.get("scorer", "classifier"),
         samples,
@@ -62,15 +70,9 @@ def _sample_and_score(config, workdir: str) -> dict[str, float]:
         final=final,
         info=run.info,
     )
-    sampling = run.config.sampling
-    settings = dict(
-        sampler=sampling.sampler,
-        steps=sampling.steps,
-        cfg_scale=sampling.cfg_scale,
-        eta=sampling.eta,
-        seed=final.seed,
-        num_samples=len(labels),
-    )
+    settings = dict(run.objective.sampling_settings(), seed=final.seed, num_samples=num_samples)
+    if getattr(run.objective, "last_num_calls", None) is not None:
+        settings["model_calls"] = run.objective.last_num_calls  # denoiser calls per batch
     with open(os.path.join(workdir, "samples.json"), "w") as f:
         json.dump({**settings, **scores}, f, indent=2, sort_keys=True)
     numbers = {k: v for k, v in {**settings, **scores}.items() if isinstance(v, int | float)}
