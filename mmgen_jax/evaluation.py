@@ -126,9 +126,30 @@ def _score_with_classifier(samples, labels, *, workdir: str, final, info) -> dic
     return score_samples(os.path.join(workdir, final.classifier_stage), samples, labels)
 
 
+def _score_arithmetic(samples, labels, *, workdir: str, final, info) -> dict[str, float]:
+    """Generated arithmetic statements (token ids of the text generator): the fractions that
+    parse as `a op b=c`, that are correct, and that are correct copies of training statements
+    (`metrics.text.arithmetic_scores`), with the generator's test NELBO in bits per token."""
+    del labels
+    from mmgen_jax.data import text as text_data
+    from mmgen_jax.data.builders import arithmetic
+    from mmgen_jax.metrics import read_metrics
+    from mmgen_jax.metrics import text as text_metrics
+
+    texts = text_data.decode_batch(samples, info)
+    scores = text_metrics.arithmetic_scores(texts, arithmetic.split_statements()["train"])
+    test = read_metrics(os.path.join(workdir, final.generator_stage), split="test")
+    if test:
+        for name in ("nelbo_bits_per_token", "nelbo_bits_per_text_token"):
+            if name in test[-1]:
+                scores[f"test_{name}"] = float(test[-1][name])
+    return scores
+
+
 # final.scorer -> function(samples, labels, *, workdir, final, info) -> scores. `workdir` is the
 # staged run's directory, `final` its `final` config section, `info` the generator's dataset info.
 SCORERS = {
+    "arithmetic": _score_arithmetic,
     "classifier": _score_with_classifier,
 }
 
