@@ -12,7 +12,7 @@ Arguments (after the colon, comma separated):
   stages    residual quantizer stages (default 4); each adds log2(num_codes) bits per frame.
   runlocal  tiny model and a few steps, for smoke runs and tests.
 
-The encoder downsamples time by 4 x 4 x 5 = 80: a 16 kHz clip becomes 200 latent frames per
+The encoder folds 8 samples into channels, then downsamples by 2 x 5: 80 in all: a 16 kHz clip becomes 200 latent frames per
 second (100 for a 0.5 s note), each described by `stages` codes of 6 bits (64 codes):
 200 x 4 x 6 = 4.8 kbps with all stages. Quantizer dropout trains every stage prefix, so the
 evaluation reports SI-SNR and kbps for 1..stages stages. The loss is waveform MSE + L1 +
@@ -46,8 +46,9 @@ def get_config(arg: str | None = None):
     config.data.channels = 1
 
     config.model = dict(
-        channels=(16, 32, 64, 64),
-        strides=(4, 4, 5),
+        patch_size=8,  # 8 samples per encoder input step: no convolution at 16 kHz
+        channels=(32, 64, 64),
+        strides=(2, 5),
         num_res_blocks=1,
         latent_dim=32,
         num_groups=8,
@@ -79,7 +80,7 @@ def get_config(arg: str | None = None):
     config.training.stft_loss_weight = 1.0
 
     if args.runlocal:
-        config.model.channels = (8, 16, 16, 16)
+        config.model.channels = (8, 16, 16)
         config.model.latent_dim = 8
         config.quantizer.num_stages = min(args.stages, 2)
         config.quantizer.num_codes = 16

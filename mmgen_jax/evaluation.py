@@ -27,6 +27,7 @@ import numpy as np
 
 from mmgen_jax import inference
 from mmgen_jax.data import pipeline
+from mmgen_jax.metrics import audio as audio_metrics
 from mmgen_jax.metrics.frechet import feature_statistics, frechet_distance
 from mmgen_jax.models.classifier import Classifier
 
@@ -148,9 +149,27 @@ def _score_arithmetic(samples, labels, *, workdir: str, final, info) -> dict[str
 
 # final.scorer -> function(samples, labels, *, workdir, final, info) -> scores. `workdir` is the
 # staged run's directory, `final` its `final` config section, `info` the generator's dataset info.
+def _score_pitch(samples, labels, *, workdir: str, final, info) -> dict[str, float]:
+    """Audio notes conditioned on a pitch class: the fraction whose estimated fundamental
+    (YIN, `metrics.audio.estimate_f0`) has the conditioning pitch class, and the same
+    estimator's accuracy on the real test split of the tokenizer stage's data (calibration)."""
+    sample_rate = int(info["sample_rate"])
+    data_config = inference.load_config(os.path.join(workdir, final.tokenizer_stage)).data
+    test = pipeline.load_split_numpy(data_config, data_config.test_split)
+    scores = {
+        "real_test_pitch_accuracy": audio_metrics.pitch_class_accuracy(
+            test["image"], test["label"], sample_rate
+        )
+    }
+    if labels is not None:
+        scores["pitch_accuracy"] = audio_metrics.pitch_class_accuracy(samples, labels, sample_rate)
+    return scores
+
+
 SCORERS = {
     "arithmetic": _score_arithmetic,
     "classifier": _score_with_classifier,
+    "pitch": _score_pitch,
 }
 
 

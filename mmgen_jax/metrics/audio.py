@@ -49,11 +49,18 @@ def stft_magnitude(x: jnp.ndarray, fft_size: int, hop: int | None = None) -> jnp
     fft_size // 2 on each side, so frame f is centred on sample f * hop.
     """
     hop = hop or fft_size // 4
+    if fft_size % hop:
+        raise ValueError(f"fft_size={fft_size} must be a multiple of hop={hop}")
     x = jnp.asarray(x, jnp.float32)
     padded = jnp.pad(x, ((0, 0), (fft_size // 2, fft_size // 2)))
     num_frames = 1 + (padded.shape[-1] - fft_size) // hop
-    positions = np.arange(num_frames)[:, None] * hop + np.arange(fft_size)[None]  # [F, n]
-    frames = padded[:, positions] * hann_window(fft_size).astype(np.float32)  # [N, F, n]
+    # Frame f = hop-sized chunks f .. f + fft_size/hop - 1, concatenated: slices instead of a
+    # gather, whose gradient (a scatter) is slow on CPU.
+    per_frame = fft_size // hop
+    num_chunks = num_frames + per_frame - 1
+    chunks = padded[:, : num_chunks * hop].reshape(x.shape[0], num_chunks, hop)
+    frames = jnp.concatenate([chunks[:, i : i + num_frames] for i in range(per_frame)], axis=-1)
+    frames = frames * hann_window(fft_size).astype(np.float32)  # [N, F, n]
     return jnp.abs(jnp.fft.rfft(frames, axis=-1))
 
 
@@ -114,3 +121,79 @@ def multiscale_spectral_distance(
 def bitrate_kbps(latent_frames_per_second: float, codebook_sizes: Sequence[int]) -> float:
     """Bits per second / 1000 of a code stream with one code per stage per latent frame."""
     return float(latent_frames_per_second * sum(np.log2(k) for k in codebook_sizes) / 1000.0)
+
+
+# -- pitch (host-side numpy, for scoring generated notes) --------------------------------------
+
+PITCH_FRAME = 2048  # samples analysed per note (128 ms at 16 kHz)
+YIN_THRESHOLD = 0.15
+
+
+def estimate_f0(
+    waveforms: np.ndarray,
+    sample_rate: int,
+    min_hz: float = 60.0,
+    max_hz: float = 2000.0,
+    frame: int = PITCH_FRAME,
+) -> np.ndarray:
+    """Fundamental frequency in Hz of each note [N, T] or [N, T, C] -> [N] (YIN).
+
+    YIN (de Cheveigné & Kawahara 2002) on the `frame`-sample window of highest energy (notes
+    have a decaying envelope, so that window is where the pitch is clearest): the difference
+    function d(tau) = sum_t (x_t - x_{t+tau})^2, normalised by its cumulative mean; the first
+    lag below `YIN_THRESHOLD` that is a local minimum (the global minimum when none is) is
+    refined by parabolic interpolation. Silent notes give 0 Hz. Channels are averaged.
+    """
+    x = np.asarray(waveforms, np.float64)
+    if x.ndim == 3:
+        x = x.mean(axis=-1)
+    min_lag, max_lag = int(sample_rate // max_hz), int(np.ceil(sample_rate / min_hz))
+    window = min(frame + max_lag, x.shape[1])
+    frame = window - max_lag
+    if frame <= max_lag:
+        raise ValueError(f"clips of {x.shape[1]} samples are too short for f0 >= {min_hz} Hz")
+    hop = frame // 4
+    starts = np.arange(0, x.shape[1] - window + 1, hop)
+    energy = np.stack([np.sum(x[:, s : s + window] ** 2, axis=1) for s in starts], axis=1)
+    f0 = np.zeros(len(x))
+    for n, signal in enumerate(x):
+        if energy[n].max() <= 1e-8:
+            continue
+        segment = signal[starts[np.argmax(energy[n])] :][:window]
+        lags = np.arange(max_lag + 1)
+        # d(tau) over the first `frame` samples, for every lag at once.
+        diff = np.array(
+            [np.sum((segment[:frame] - segment[tau : tau + frame]) ** 2) for tau in lags]
+        )
+        cumulative = np.cumsum(diff[1:]) / np.arange(1, max_lag + 1)
+        normalised = np.concatenate([[1.0], diff[1:] / np.maximum(cumulative, 1e-12)])
+        search = normalised[min_lag : max_lag + 1]
+        below = np.flatnonzero(search < YIN_THRESHOLD)
+        if len(below):
+            lag = below[0]
+            while lag + 1 < len(search) and search[lag + 1] < search[lag]:
+                lag += 1  # walk down to the local minimum
+        else:
+            lag = int(np.argmin(search))
+        lag += min_lag
+        if 0 < lag < max_lag:  # parabolic interpolation between neighbouring lags
+            a, b, c = normalised[lag - 1], normalised[lag], normalised[lag + 1]
+            denominator = a - 2 * b + c
+            lag = lag + (0.5 * (a - c) / denominator if denominator > 0 else 0.0)
+        f0[n] = sample_rate / lag
+    return f0
+
+
+def hz_to_pitch_class(f0: np.ndarray) -> np.ndarray:
+    """Hz -> pitch class 0..11 (C=0, A=9) of the nearest equal-tempered note; -1 for 0 Hz."""
+    f0 = np.asarray(f0, np.float64)
+    safe = np.where(f0 > 0, f0, 440.0)
+    midi = np.round(69.0 + 12.0 * np.log2(safe / 440.0)).astype(np.int64)
+    return np.where(f0 > 0, midi % 12, -1)
+
+
+def pitch_class_accuracy(waveforms: np.ndarray, labels: np.ndarray, sample_rate: int) -> float:
+    """Fraction of notes whose estimated pitch class equals `labels % 12` (pitch classes, or
+    MIDI pitches such as NSynth's `pitch` label)."""
+    predicted = hz_to_pitch_class(estimate_f0(waveforms, sample_rate))
+    return float(np.mean(predicted == np.asarray(labels) % 12))

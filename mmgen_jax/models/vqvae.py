@@ -44,6 +44,31 @@ def total_downsampling(strides: Sequence[Stride], ndim: int) -> tuple[int, ...]:
     return tuple(int(f) for f in factor)
 
 
+def space_to_depth(x: jnp.ndarray, patch: tuple[int, ...]) -> jnp.ndarray:
+    """[B, *S, C] -> [B, *S/p, prod(p) * C]: non-overlapping patches become channels."""
+    spatial = x.shape[1:-1]
+    split = [x.shape[0]]
+    for size, p in zip(spatial, patch, strict=True):
+        split += [size // p, p]
+    x = x.reshape(*split, x.shape[-1])  # [B, S1/p1, p1, S2/p2, p2, ..., C]
+    ndim = len(spatial)
+    order = [0, *(1 + 2 * i for i in range(ndim)), *(2 + 2 * i for i in range(ndim)), 1 + 2 * ndim]
+    x = x.transpose(order)  # [B, S1/p1, S2/p2, ..., p1, p2, ..., C]
+    return x.reshape(x.shape[0], *(s // p for s, p in zip(spatial, patch, strict=True)), -1)
+
+
+def depth_to_space(x: jnp.ndarray, patch: tuple[int, ...]) -> jnp.ndarray:
+    """Inverse of `space_to_depth`: [B, *S, prod(p) * C] -> [B, *S*p, C]."""
+    spatial, ndim = x.shape[1:-1], len(patch)
+    channels = x.shape[-1] // int(np.prod(patch))
+    x = x.reshape(x.shape[0], *spatial, *patch, channels)
+    order = [0]
+    for i in range(ndim):
+        order += [1 + i, 1 + ndim + i]
+    x = x.transpose(*order, 1 + 2 * ndim)  # [B, S1, p1, S2, p2, ..., C]
+    return x.reshape(x.shape[0], *(s * p for s, p in zip(spatial, patch, strict=True)), channels)
+
+
 def _res_block(remat: bool):
     return nn.remat(ResBlock) if remat else ResBlock
 
@@ -65,10 +90,16 @@ class Encoder(nn.Module):
     num_groups: int = 8
     dtype: Any = jnp.float32
     remat: bool = False  # recompute residual blocks in the backward pass (less memory)
+    # Non-overlapping patches folded into channels before the stem (space-to-depth), so no
+    # convolution runs at the input resolution (e.g. 8 audio samples per step of a waveform).
+    patch_size: Stride = 1
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:  # [B, *S, C] -> [B, *S/f, latent_dim]
         ndim = spatial_ndim(x)
+        patch = _axis_strides(self.patch_size, ndim)
+        if patch != (1,) * ndim:
+            x = space_to_depth(x, patch)  # [B, *S/p, prod(p) * C]
         h = conv(self.channels[0], ndim, dtype=self.dtype, name="stem")(x.astype(self.dtype))
         blocks = 0  # explicit names: the same parameter tree with and without remat
         for level, width in enumerate(self.channels):
@@ -105,6 +136,7 @@ class Decoder(nn.Module):
     num_groups: int = 8
     dtype: Any = jnp.float32
     remat: bool = False  # recompute residual blocks in the backward pass (less memory)
+    patch_size: Stride = 1  # the encoder's space-to-depth patch, undone at the output
 
     @nn.compact
     def __call__(self, z: jnp.ndarray) -> jnp.ndarray:  # [B, *S/f, D] -> [B, *S, out_channels]
@@ -126,7 +158,13 @@ class Decoder(nn.Module):
                 h = conv(self.channels[level - 1], ndim, dtype=self.dtype, name=f"up_{level}")(h)
                 h = constrain_activation(h)
         h = group_norm(h.shape[-1], self.num_groups, self.dtype)(h)
-        out = conv(self.out_channels, ndim, dtype=self.dtype, name="to_signal")(nn.swish(h))
+        patch = _axis_strides(self.patch_size, ndim)
+        patch_volume = int(np.prod(patch))
+        out = conv(self.out_channels * patch_volume, ndim, dtype=self.dtype, name="to_signal")(
+            nn.swish(h)
+        )
+        if patch_volume > 1:
+            out = depth_to_space(out, patch)  # [B, *S, out_channels]
         return out.astype(jnp.float32)
 
 
@@ -146,7 +184,7 @@ class VQVAE(nn.Module):
     def check_input(self, x: jnp.ndarray) -> None:
         """Raise a clear error if the signal's spatial shape cannot be downsampled evenly."""
         ndim = spatial_ndim(x)
-        factors = total_downsampling(self.encoder.strides, ndim)
+        factors = total_downsampling((self.encoder.patch_size, *self.encoder.strides), ndim)
         for size, factor in zip(x.shape[1:-1], factors, strict=True):
             check_divisible((size,), factor, f"VQVAE input of shape {x.shape}")
 

@@ -62,11 +62,27 @@ def build_vqvae(config: ml_collections.ConfigDict, out_channels: int) -> VQVAE:
         )
     dtype = compute_dtype(config)
     remat = bool(model.get("remat", False))
+    patch = model.get("patch_size", 1)  # space-to-depth before the stem (e.g. audio samples)
+    patch = patch if isinstance(patch, int) else tuple(patch)
     encoder = Encoder(
-        channels, strides, model.num_res_blocks, model.latent_dim, model.num_groups, dtype, remat
+        channels,
+        strides,
+        model.num_res_blocks,
+        model.latent_dim,
+        model.num_groups,
+        dtype,
+        remat,
+        patch,
     )
     decoder = Decoder(
-        channels, strides, model.num_res_blocks, out_channels, model.num_groups, dtype, remat
+        channels,
+        strides,
+        model.num_res_blocks,
+        out_channels,
+        model.num_groups,
+        dtype,
+        remat,
+        patch,
     )
     quantizer = build_quantizer(config.quantizer, model.latent_dim).clone(dtype=dtype)
     return VQVAE(encoder, decoder, quantizer)
@@ -88,7 +104,8 @@ class TokenizerObjective:
         self.num_codes = num_codes(config)
         self.num_visualize = config.training.num_visualize
         self.augmentations = tuple(config.training.get("augment", ()))
-        factors = total_downsampling(tuple(config.model.strides), len(self.shape) - 1)
+        patch = config.model.get("patch_size", 1)
+        factors = total_downsampling((patch, *config.model.strides), len(self.shape) - 1)
         self.latent_shape = tuple(s // f for s, f in zip(self.shape[:-1], factors, strict=True))
         # Audio [T, C]: waveform L1 + MSE + this weight x multi-resolution STFT loss.
         self.stft_loss_weight = float(config.training.get("stft_loss_weight", 0.0))
