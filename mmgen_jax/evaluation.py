@@ -166,9 +166,20 @@ def _score_pitch(samples, labels, *, workdir: str, final, info) -> dict[str, flo
     return scores
 
 
+def _score_moving_digits(samples, labels, *, workdir: str, final, info) -> dict[str, float]:
+    """Video clips of one moving digit: per-frame label accuracy of the located sprite and the
+    motion consistency, beside the same on real test clips (`evaluation_video`)."""
+    from mmgen_jax import evaluation_video  # imports this module
+
+    return evaluation_video.score_moving_digits(
+        samples, labels, workdir=workdir, final=final, info=info
+    )
+
+
 SCORERS = {
     "arithmetic": _score_arithmetic,
     "classifier": _score_with_classifier,
+    "moving_digits": _score_moving_digits,
     "pitch": _score_pitch,
 }
 
