@@ -9,7 +9,7 @@ in [-1, 1] with their conditioning labels it reports:
   digit is the clip's label. `clip_accuracy` is the fraction of clips whose majority vote over
   frames is the label.
 * `motion_consistency`, `speed_change`, `mean_speed`, `static_fraction`: the motion statistics of
-  the located positions (`metrics.motion.motion_statistics`).
+  the sprite's centroid in the located windows (`metrics.motion.motion_statistics`).
 
 The same numbers on the real test clips of the generator's dataset come with the prefix `real_`
 for calibration (real clips move with constant speed per axis, so their motion consistency is
@@ -45,7 +45,7 @@ def clip_scores(
         "frame_accuracy": float(np.mean(predictions == labels[:, None])),
         "clip_accuracy": float(np.mean(votes == labels)),
         "num_frames": float(num_frames),
-        **motion.motion_statistics(positions),
+        **motion.motion_statistics(motion.sprite_centres(clips, positions, size)),
     }
 
 
