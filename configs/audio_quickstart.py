@@ -43,10 +43,10 @@ def get_config(arg: str | None = None):
     generator.sampling.grid_per_class = 2
     generator.training.num_visualize = 12
     if not args.runlocal:
-        generator.training.global_batch_size = 64
-        generator.training.total_steps = 2000
-        generator.training.eval_every = 1000
-        generator.training.checkpoint_every = 1000
+        generator.training.global_batch_size = 32
+        generator.training.total_steps = 1200
+        generator.training.eval_every = 1200
+        generator.training.checkpoint_every = 600
     config.stages.generator = generator
     for name in config.stage_order:
         config.stages[name].name = name

@@ -12,11 +12,13 @@ Arguments (after the colon, comma separated):
   stages    residual quantizer stages (default 4); each adds log2(num_codes) bits per frame.
   runlocal  tiny model and a few steps, for smoke runs and tests.
 
-The encoder folds 8 samples into channels, then downsamples by 2 x 5: 80 in all: a 16 kHz clip becomes 200 latent frames per
-second (100 for a 0.5 s note), each described by `stages` codes of 6 bits (64 codes):
-200 x 4 x 6 = 4.8 kbps with all stages. Quantizer dropout trains every stage prefix, so the
+The encoder folds 8 samples into channels (no convolution runs at 16 kHz), then downsamples
+by 2 x 5, 80 in all: a 16 kHz clip becomes 200 latent frames per second (100 for a 0.5 s
+note), each described by `stages` codes of 6 bits (64 codes): 200 x 4 x 6 = 4.8 kbps with all
+stages. Quantizer dropout trains every stage prefix, so the
 evaluation reports SI-SNR and kbps for 1..stages stages. The loss is waveform MSE + L1 +
-`training.stft_loss_weight` x the multi-resolution STFT loss (FFT sizes 128/256/512).
+`training.stft_loss_weight` x the multi-resolution STFT loss (FFT sizes 128/256/512; weight 0
+on notes, 0.25 on real audio).
 """
 
 from mmgen_jax import config_lib
@@ -33,6 +35,7 @@ def get_config(arg: str | None = None):
     args = config_lib.parse_arg(arg, dataset="notes", stages=4, runlocal=False)
     config_lib.require_choice("dataset", args.dataset, DATASETS)
     tfds_name, num_samples, label_key = DATASETS[args.dataset]
+    notes = args.dataset == "notes"
 
     config = config_lib.base_config()
     config.trainer = "tokenizer"
@@ -71,13 +74,16 @@ def get_config(arg: str | None = None):
 
     config.optimizer.learning_rate = 2e-3
     config.optimizer.warmup_steps = 100
-    config.training.global_batch_size = 32
-    config.training.total_steps = 1500 if args.dataset == "notes" else 50_000
+    config.training.global_batch_size = 16
+    config.training.total_steps = 1200 if notes else 50_000
     config.training.log_every = 100
-    config.training.eval_every = 500 if args.dataset == "notes" else 5000
-    config.training.checkpoint_every = 500 if args.dataset == "notes" else 5000
+    config.training.eval_every = 600 if notes else 5000
+    config.training.checkpoint_every = 600 if notes else 5000
     config.training.num_visualize = 4
-    config.training.stft_loss_weight = 1.0
+    # On notes, 400 steps with weight 0.25 gave test SI-SNR -12.5 dB against -6.6 dB without
+    # the STFT term at the same spectral distance (0.68 vs 0.70), so the short notes recipe
+    # trains on the waveform alone; longer runs on real audio add the STFT loss.
+    config.training.stft_loss_weight = 0.0 if notes else 0.25
 
     if args.runlocal:
         config.model.channels = (8, 16, 16)

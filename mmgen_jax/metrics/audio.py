@@ -4,7 +4,9 @@
   `fft_size // 2` on both sides (scipy.signal.stft's `boundary='zeros'`), not normalised.
 * `multi_resolution_stft_loss` (Yamamoto et al. 2020, Parallel WaveGAN): spectral convergence
   plus L1 between log magnitudes, averaged over several FFT sizes; the default sizes (128, 256,
-  512 samples = 8, 16, 32 ms at 16 kHz) suit 0.5 s clips.
+  512 samples = 8, 16, 32 ms at 16 kHz) suit 0.5 s clips. Log magnitudes are log(1 + |S|)
+  (`LOG_EPS`): synthetic notes have exactly silent bins, where log(|S| + 1e-5) makes the loss
+  and its gradient (1 / |S|) explode and swamp the waveform terms after gradient clipping.
 * `si_snr`: scale-invariant signal-to-noise ratio in dB (Le Roux et al. 2019), per example.
 * `multiscale_spectral_distance`: the DDSP spectral distance (Engel et al. 2020): mean L1
   between magnitudes plus between log magnitudes, averaged over FFT sizes 64..1024.
@@ -24,7 +26,7 @@ import numpy as np
 
 STFT_LOSS_FFT_SIZES = (128, 256, 512)
 SPECTRAL_DISTANCE_FFT_SIZES = (64, 128, 256, 512, 1024)
-LOG_EPS = 1e-5
+LOG_EPS = 1.0  # log(1 + |S|): bounded gradients where a clean note has no energy
 
 
 def _as_waveforms(x: jnp.ndarray) -> jnp.ndarray:
