@@ -318,9 +318,9 @@ def test_stft_loss_and_spectral_distance_closed_forms():
     loud = 1000.0 * x
     loss = float(audio_metrics.multi_resolution_stft_loss(0.5 * loud, loud))
     np.testing.assert_allclose(loss, 0.5 + np.log(2.0), rtol=2e-3)
-    # With silence in the reference, the log term is log(1 + |S|), bounded, not log(0).
-    quiet = float(audio_metrics.multi_resolution_stft_loss(x, jnp.zeros_like(x)))
-    assert np.isfinite(quiet) and quiet < 10
+    # Against a silent reference the loss and its gradient stay finite (log(1 + |S|)).
+    grad = jax.grad(lambda y: audio_metrics.multi_resolution_stft_loss(y, jnp.zeros_like(y)))(x)
+    assert np.all(np.isfinite(grad))
 
 
 def test_bitrate():
