@@ -24,7 +24,6 @@ from mmgen_jax.models.dit import (
     FinalLayer,
     LabelEmbedder,
     TimestepEmbedder,
-    normal_002,
     sincos_pos_embed,
 )
 from mmgen_jax.models.layers import constrain_activation, materialize_cotangent
@@ -87,9 +86,12 @@ class TokenDiT(nn.Module):
         if not self.num_classes and y is not None:
             raise ValueError("unconditional TokenDiT (num_classes=0) got labels y; pass y=None")
         batch, grid = z.shape[0], z.shape[1:]
+        # Unit-variance embeddings (PyTorch's nn.Embedding init, as MDLM): with DiT's 0.02 the
+        # token identity would be ~2% of the normalised input next to the sin-cos positions
+        # (norm ~1 per pair), and the model would first spend many steps growing it.
         table = self.param(
             "token_embedding",
-            nn.with_logical_partitioning(normal_002, ("vocab", "embed")),
+            nn.with_logical_partitioning(nn.initializers.normal(1.0), ("vocab", "embed")),
             (self.vocab_size + 1, self.hidden_size),
             jnp.float32,
         )
