@@ -42,12 +42,12 @@ def get_config(arg: str | None = None):
     # The generator's tokenizer_workdir is filled in with <workdir>/tokenizer at run time; its
     # data (moving_digits, all 8 frames) needs no video fields beyond the defaults.
     generator = _sibling("dit", "space=latent,dataset=moving_digits" + local)
-    generator.generator.stats_examples = 2600 if not args.runlocal else 64
+    generator.generator.stats_examples = 512 if not args.runlocal else 64
     if not args.runlocal:
         generator.training.global_batch_size = 32
-        generator.training.total_steps = 1200
-        generator.training.eval_every = 1200
-        generator.training.checkpoint_every = 1200
+        generator.training.total_steps = 1000
+        generator.training.eval_every = 1000
+        generator.training.checkpoint_every = 1000
         generator.training.num_visualize = 8
         generator.sampling.grid_per_class = 2
     config.stages.generator = generator
