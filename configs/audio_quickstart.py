@@ -43,10 +43,12 @@ def get_config(arg: str | None = None):
     generator.sampling.grid_per_class = 2
     generator.training.num_visualize = 12
     if not args.runlocal:
+        # Pitch accuracy of the samples grew from 13 % after 1200 steps to 36 % after 3000: the
+        # generator is undertrained at this size, and the steps are the recipe's main cost.
         generator.training.global_batch_size = 32
-        generator.training.total_steps = 1200
-        generator.training.eval_every = 1200
-        generator.training.checkpoint_every = 600
+        generator.training.total_steps = 3000
+        generator.training.eval_every = 1500
+        generator.training.checkpoint_every = 1500
     config.stages.generator = generator
     for name in config.stage_order:
         config.stages[name].name = name
