@@ -10,6 +10,8 @@ decode from stored indices.
   + beta * commitment loss, optional EMA codebook (Razavi et al. 2019), dead-code restart
   (Dhariwal et al. 2020), cosine codes and a low-dimensional code space (Yu et al. 2022).
 * `FSQ` (Mentzer et al. 2023): finite scalar quantization with a fixed implicit codebook.
+* `ResidualVQ` (Zeghidour et al. 2021): `VectorQuantizer` stages on the residual with quantizer
+  dropout; its indices carry a trailing stage axis `[B, *S, num_stages]`.
 
 Cross-device reduction: the quantizers are written for the *global* batch inside `jax.jit`. Sums
 over the batch (EMA statistics, usage counts) are therefore global sums; under a sharded batch
