@@ -95,6 +95,6 @@ def get_config(arg: str | None = None):
         config.training.log_every = 2
         config.training.eval_every = 4
         config.training.checkpoint_every = 2
-        config.training.num_visualize = 2
+        config.training.num_visualize = 8  # divisible by the 8 test devices
         config.optimizer.warmup_steps = 1
     return config.lock()
