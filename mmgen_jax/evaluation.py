@@ -147,8 +147,6 @@ def _score_arithmetic(samples, labels, *, workdir: str, final, info) -> dict[str
     return scores
 
 
-# final.scorer -> function(samples, labels, *, workdir, final, info) -> scores. `workdir` is the
-# staged run's directory, `final` its `final` config section, `info` the generator's dataset info.
 def _score_pitch(samples, labels, *, workdir: str, final, info) -> dict[str, float]:
     """Audio notes conditioned on a pitch class: the fraction whose estimated fundamental
     (YIN, `metrics.audio.estimate_f0`) has the conditioning pitch class, and the same
@@ -176,6 +174,8 @@ def _score_moving_digits(samples, labels, *, workdir: str, final, info) -> dict[
     )
 
 
+# final.scorer -> function(samples, labels, *, workdir, final, info) -> scores. `workdir` is the
+# staged run's directory, `final` its `final` config section, `info` the generator's dataset info.
 SCORERS = {
     "arithmetic": _score_arithmetic,
     "classifier": _score_with_classifier,
