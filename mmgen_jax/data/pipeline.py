@@ -83,7 +83,7 @@ def _field(data_config: ml_collections.ConfigDict, name: str) -> Any:
     return DEFAULTS[name] if value is None else value
 
 
-def _data_dir(data_config: ml_collections.ConfigDict) -> str:
+def data_dir_of(data_config: ml_collections.ConfigDict) -> str:
     """Resolves the TFDS data directory the way TFDS does, so error messages can name it."""
     data_dir = (
         _field(data_config, "data_dir")
@@ -108,7 +108,7 @@ def get_builder(data_config: ml_collections.ConfigDict) -> tfds.core.DatasetBuil
     name = getattr(data_config, "name", None)
     if not name:
         raise ValueError("data_config.name must name a TFDS dataset or 'image_folder:<path>'.")
-    data_dir = _data_dir(data_config)
+    data_dir = data_dir_of(data_config)
     if name.startswith(IMAGE_FOLDER_PREFIX):
         builder = image_folder.image_folder_builder(
             name.removeprefix(IMAGE_FOLDER_PREFIX),
@@ -271,7 +271,7 @@ def _example_layout(
     )
 
 
-def _convert_channels(image: tf.Tensor, native: int | None, target: int) -> tf.Tensor:
+def convert_channels(image: tf.Tensor, native: int | None, target: int) -> tf.Tensor:
     """Converts `[..., native]` channels to `[..., target]` (grey <-> RGB, RGBA -> RGB)."""
     if native == target:
         return image
@@ -283,7 +283,7 @@ def _convert_channels(image: tf.Tensor, native: int | None, target: int) -> tf.T
     raise ValueError(f"Cannot convert images with {native} channels to {target} channels.")
 
 
-def _center_crop_and_resize(image: tf.Tensor, size: int) -> tf.Tensor:
+def center_crop_and_resize(image: tf.Tensor, size: int) -> tf.Tensor:
     """Crops `[..., H, W, C]` to its central square, then resizes to `[..., size, size, C]`."""
     height, width = tf.shape(image)[-3], tf.shape(image)[-2]
     side = tf.minimum(height, width)
@@ -306,9 +306,9 @@ def _make_preprocess(layout: _ExampleLayout) -> Callable[[dict], dict[str, tf.Te
         else:  # float32 signals (e.g. audio) are taken to be in [-1, 1] already.
             image = tf.cast(image, tf.float32)
         if len(layout.output_shape) >= 3:
-            image = _convert_channels(image, layout.native_channels, layout.output_shape[-1])
+            image = convert_channels(image, layout.native_channels, layout.output_shape[-1])
         if layout.resize_to is not None:
-            image = _center_crop_and_resize(image, layout.resize_to)
+            image = center_crop_and_resize(image, layout.resize_to)
         outputs = {"image": tf.ensure_shape(image, layout.output_shape)}
         if layout.label_key is not None:
             outputs["label"] = tf.cast(example[layout.label_key], tf.int32)

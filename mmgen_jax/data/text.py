@@ -71,9 +71,10 @@ def _field(data_config: ml_collections.ConfigDict, name: str) -> Any:
 
 
 def _data_dir(data_config) -> str:
+    """The TFDS data dir (imported late: `pipeline` imports this module lazily)."""
     from mmgen_jax.data import pipeline
 
-    return pipeline._data_dir(data_config)
+    return pipeline.data_dir_of(data_config)
 
 
 # ----------------------------------------------------------------------------------------------

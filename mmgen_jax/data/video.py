@@ -82,9 +82,9 @@ class VideoLayout:
         encoded = self._fix_length(encoded)  # [num_frames]
         frames = self.video_feature.decode_example(encoded)  # uint8 [T, H, W, C_native]
         clip = tf.cast(frames, tf.float32) / 127.5 - 1.0
-        clip = pipeline._convert_channels(clip, self.native_channels, self.output_shape[-1])
+        clip = pipeline.convert_channels(clip, self.native_channels, self.output_shape[-1])
         if self.resize_to is not None:
-            clip = pipeline._center_crop_and_resize(clip, self.resize_to)
+            clip = pipeline.center_crop_and_resize(clip, self.resize_to)
         outputs = {"image": tf.ensure_shape(clip, self.output_shape)}
         if self.label_key is not None:
             outputs["label"] = tf.cast(example[self.label_key], tf.int32)
