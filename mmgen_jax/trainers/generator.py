@@ -64,6 +64,23 @@ def sampling_diffusion(diffusion: GaussianDiffusion, sampler: str, steps: int):
     return diffusion.respace(space_timesteps(diffusion.num_timesteps, spacing))
 
 
+def check_sampling_request(labels, cfg_scale: float, num_classes: int) -> None:
+    """Clear errors for labels out of range or guidance without conditioning (any generator
+    with `num_classes` classes, 0 = unconditional)."""
+    if labels is not None:
+        labels = np.asarray(labels)
+        if not num_classes:
+            raise ValueError("labels were given but the generator is unconditional")
+        bad = labels[(labels < 0) | (labels >= num_classes)]
+        if bad.size:
+            raise ValueError(f"label {int(bad[0])} is outside the class range [0, {num_classes})")
+    if cfg_scale != 1.0 and not num_classes:
+        raise ValueError(
+            f"cfg_scale={cfg_scale} needs a class-conditional generator; this one is "
+            "unconditional (use cfg_scale=1)"
+        )
+
+
 class FrozenTokenizer:
     """A trained VQ-VAE restored from its workdir, used only for encoding and decoding."""
 
@@ -273,20 +290,7 @@ class GeneratorObjective:
 
     def check_sampling_request(self, labels, cfg_scale: float) -> None:
         """Clear errors for labels out of range or guidance without conditioning."""
-        if labels is not None:
-            labels = np.asarray(labels)
-            if not self.num_classes:
-                raise ValueError("labels were given but the generator is unconditional")
-            bad = labels[(labels < 0) | (labels >= self.num_classes)]
-            if bad.size:
-                raise ValueError(
-                    f"label {int(bad[0])} is outside the class range [0, {self.num_classes})"
-                )
-        if cfg_scale != 1.0 and not self.num_classes:
-            raise ValueError(
-                f"cfg_scale={cfg_scale} needs a class-conditional generator; this one is "
-                "unconditional (use cfg_scale=1)"
-            )
+        check_sampling_request(labels, cfg_scale, self.num_classes)
 
     def sample(
         self,

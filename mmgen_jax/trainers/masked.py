@@ -36,6 +36,7 @@ from mmgen_jax.metrics import present
 from mmgen_jax.models.token_dit import TokenDiT
 from mmgen_jax.models.vqvae import VQVAE
 from mmgen_jax.sharding import host_array
+from mmgen_jax.trainers import generator as generator_lib
 from mmgen_jax.trainers.generator import TOKENIZER, FrozenTokenizer
 from mmgen_jax.trainers.objective import Batch
 from mmgen_jax.trainers.state import compute_dtype
@@ -222,20 +223,7 @@ class MaskedDiffusionObjective:
 
     def check_sampling_request(self, labels, cfg_scale: float) -> None:
         """Clear errors for labels out of range or guidance without conditioning."""
-        if labels is not None:
-            labels = np.asarray(labels)
-            if not self.num_classes:
-                raise ValueError("labels were given but the generator is unconditional")
-            bad = labels[(labels < 0) | (labels >= self.num_classes)]
-            if bad.size:
-                raise ValueError(
-                    f"label {int(bad[0])} is outside the class range [0, {self.num_classes})"
-                )
-        if cfg_scale != 1.0 and not self.num_classes:
-            raise ValueError(
-                f"cfg_scale={cfg_scale} needs a class-conditional generator; this one is "
-                "unconditional (use cfg_scale=1)"
-            )
+        generator_lib.check_sampling_request(labels, cfg_scale, self.num_classes)
 
     def sample(
         self,
