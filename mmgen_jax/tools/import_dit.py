@@ -56,7 +56,8 @@ class Layout(enum.Enum):
     CONV = "conv"  # [out, in, *kernel] -> [*kernel, in, out]
 
 
-def _to_flax(layout: Layout, array: np.ndarray) -> np.ndarray:
+def to_flax(layout: Layout, array: np.ndarray) -> np.ndarray:
+    """A PyTorch tensor (numpy) rearranged into its Flax parameter's layout."""
     if layout is Layout.LINEAR:
         return array.T
     if layout is Layout.CONV:
@@ -64,7 +65,7 @@ def _to_flax(layout: Layout, array: np.ndarray) -> np.ndarray:
     return array
 
 
-def _torch_shape(layout: Layout, flax_shape: Sequence[int]) -> tuple[int, ...]:
+def torch_shape(layout: Layout, flax_shape: Sequence[int]) -> tuple[int, ...]:
     """The PyTorch shape that maps onto a Flax parameter of `flax_shape`."""
     shape = tuple(flax_shape)
     if layout is Layout.LINEAR:
@@ -174,12 +175,12 @@ def torch_to_flax_params(
     for key, (path, layout) in mapping.items():
         array = np.asarray(state_dict[key], dtype=np.float32)
         expected = expected_shapes[path].shape
-        if array.shape != _torch_shape(layout, expected):
+        if array.shape != torch_shape(layout, expected):
             raise ValueError(
                 f"state_dict[{key!r}] has shape {array.shape} but the model expects "
-                f"{_torch_shape(layout, expected)} (Flax {'/'.join(path)} of shape {expected})"
+                f"{torch_shape(layout, expected)} (Flax {'/'.join(path)} of shape {expected})"
             )
-        flat[path] = np.ascontiguousarray(_to_flax(layout, array))
+        flat[path] = np.ascontiguousarray(to_flax(layout, array))
     patch = expected_shapes[("x_embedder", "proj", "kernel")].shape[:-2]
     grid = [size // p for size, p in zip(input_shape, patch, strict=True)]
     _check_pos_embed(state_dict, model.hidden_size, grid)
@@ -247,26 +248,32 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
             ) from None
         return dict(load_file(path))
     if extension in (".pt", ".pth"):
-        try:
-            import torch
-        except ImportError:
-            raise ImportError(
-                f"reading {path} needs PyTorch (pip install torch, the CPU wheel is enough), or "
-                "convert the checkpoint to .npz or .safetensors first"
-            ) from None
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        for wrapper in ("ema", "model"):
-            if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get(wrapper), Mapping):
-                checkpoint = checkpoint[wrapper]
-                break
-        # .float() first: numpy has no bfloat16.
-        return {
-            key: (value.float() if value.is_floating_point() else value).numpy()
-            for key, value in checkpoint.items()
-        }
+        return load_torch_file(path)
     raise ValueError(
         f"{path}: unknown checkpoint format {extension!r}; use .npz, .safetensors, .pt"
     )
+
+
+def load_torch_file(path: str) -> dict[str, np.ndarray]:
+    """Read a PyTorch pickle (any suffix) with `weights_only=True` as {key: numpy array}; a
+    training checkpoint holding {'model', 'ema', ...} yields its 'ema' (else 'model') weights."""
+    try:
+        import torch
+    except ImportError:
+        raise ImportError(
+            f"reading {path} needs PyTorch (pip install torch, the CPU wheel is enough), or "
+            "convert the checkpoint to .npz or .safetensors first"
+        ) from None
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    for wrapper in ("ema", "model"):
+        if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get(wrapper), Mapping):
+            checkpoint = checkpoint[wrapper]
+            break
+    # .float() first: numpy has no bfloat16.
+    return {
+        key: (value.float() if value.is_floating_point() else value).numpy()
+        for key, value in checkpoint.items()
+    }
 
 
 def convert_checkpoint(
