@@ -8,7 +8,10 @@ restored once and frozen. Each training batch is encoded to the tokenizer's code
 deviation estimated from training data, and diffused. Samples are un-normalised, snapped to the
 nearest code and decoded back to signals. The frozen tokenizer's variables and the latent
 statistics are kept in the train state's `model_state` (never updated), so a generator
-checkpoint alone is enough to sample.
+checkpoint alone is enough to sample. A KL-autoencoder workdir (the SD VAE imported by
+`mmgen_jax.tools.import_sd_vae`) works the same way through `kl_tokenizer.FrozenKLAutoencoder`:
+latents are posterior means and the normalisation is the fixed DiT scale (mean 0, std
+1 / 0.18215) instead of data statistics.
 
 Raw space: the DiT's own input space with nothing attached, for weights made elsewhere (the
 official DiT checkpoints model Stable-Diffusion-VAE latents; `mmgen_jax.tools.import_dit`
@@ -34,6 +37,7 @@ from mmgen_jax.metrics import present
 from mmgen_jax.models.dit import DiT
 from mmgen_jax.models.vqvae import VQVAE
 from mmgen_jax.sharding import host_array
+from mmgen_jax.trainers import kl_tokenizer
 from mmgen_jax.trainers.objective import Batch
 from mmgen_jax.trainers.state import compute_dtype
 
@@ -84,6 +88,8 @@ def check_sampling_request(labels, cfg_scale: float, num_classes: int) -> None:
 class FrozenTokenizer:
     """A trained VQ-VAE restored from its workdir, used only for encoding and decoding."""
 
+    latent_norm = None  # the generator estimates the latent statistics from data
+
     def __init__(self, workdir: str):
         if not workdir:
             raise ValueError("generator.space='latent' needs generator.tokenizer_workdir")
@@ -110,6 +116,13 @@ class FrozenTokenizer:
     def latent_shape(self) -> tuple[int, ...]:
         x = jax.ShapeDtypeStruct((1, *self.signal_shape), jnp.float32)
         return tuple(jax.eval_shape(functools.partial(self.encode, self.variables), x).shape[1:])
+
+
+def load_frozen_tokenizer(workdir: str):
+    """The frozen tokenizer a workdir holds: an imported KL autoencoder or a trained VQ-VAE."""
+    if kl_tokenizer.is_kl_workdir(workdir):
+        return kl_tokenizer.FrozenKLAutoencoder(workdir)
+    return FrozenTokenizer(workdir)
 
 
 def latent_statistics(
@@ -142,16 +155,18 @@ class GeneratorObjective:
         self.tokenizer = None
         self.latent_stats = None
         if self.space == "latent":
-            self.tokenizer = FrozenTokenizer(generator.tokenizer_workdir)
+            self.tokenizer = load_frozen_tokenizer(generator.tokenizer_workdir)
             if self.tokenizer.signal_shape != self.signal_shape:
                 raise ValueError(
                     f"the tokenizer in {generator.tokenizer_workdir!r} takes signals of shape "
                     f"{self.tokenizer.signal_shape}, the dataset gives {self.signal_shape}"
                 )
             self.latent_shape = self.tokenizer.latent_shape()
-            self.latent_stats = latent_statistics(
-                self.tokenizer, config.data, config.data.train_split, generator.stats_examples
-            )
+            self.latent_stats = self.tokenizer.latent_norm  # fixed (KL autoencoder) or None
+            if self.latent_stats is None:  # estimated from the training data (VQ-VAE)
+                self.latent_stats = latent_statistics(
+                    self.tokenizer, config.data, config.data.train_split, generator.stats_examples
+                )
         else:
             self.latent_shape = self.signal_shape
         model = config.model
@@ -203,10 +218,16 @@ class GeneratorObjective:
         z = jnp.zeros((1, *self.latent_shape), jnp.float32)
         y = jnp.zeros((1,), jnp.int32) if self.num_classes else None
         variables = dict(self.model.init({"params": rng}, z, jnp.zeros((1,), jnp.int32), y))
-        if self.space == "latent":
-            variables[TOKENIZER] = self.tokenizer.variables
-            variables[LATENT_NORM] = {k: jnp.asarray(v) for k, v in self.latent_stats.items()}
-        return variables
+        return {**variables, **self.frozen_variables()}
+
+    def frozen_variables(self) -> dict[str, Any]:
+        """The never-trained part of `model_state`: the tokenizer and the latent statistics."""
+        if self.space != "latent":
+            return {}
+        return {
+            TOKENIZER: self.tokenizer.variables,
+            LATENT_NORM: {k: jnp.asarray(v) for k, v in self.latent_stats.items()},
+        }
 
     def _labels(self, batch: Batch):
         return batch["label"].astype(jnp.int32) if self.num_classes else None
