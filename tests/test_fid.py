@@ -166,9 +166,6 @@ def test_precision_recall_from_the_disk_backed_activations(tmp_path):
     np.testing.assert_array_equal(accumulator.activations(), pool)
     reference_pool = rng.standard_normal((50, 6)).astype(np.float32)
     reference = fid.ReferenceStatistics(
-        *feature_statistics(reference_pool), *([None] * 2), pool=reference_pool
-    )
-    reference = fid.ReferenceStatistics(
         *feature_statistics(reference_pool),
         *feature_statistics(np.zeros((50, 2))),
         pool=reference_pool,

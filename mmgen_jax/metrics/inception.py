@@ -66,6 +66,9 @@ INCEPTION_SIZE = 299
 NUM_CLASSES = 1008  # the 2015 graph's classifier has 1008 outputs (1000 classes + unused ones)
 SPATIAL_CHANNELS = 7  # ADM keeps the first 7 channels of mixed_6/conv: 17 * 17 * 7 = 2023
 BATCH_NORM_EPSILON = 1e-3
+# Full float32 convolutions and matmuls: on GPUs and TPUs the default precision rounds inputs
+# to TF32/bfloat16, which would move the features away from the reference network's.
+PRECISION = jax.lax.Precision.HIGHEST
 
 InputRange = Literal["uint8", "unit", "symmetric"]
 Convention = Literal["adm", "pytorch_fid"]
@@ -99,6 +102,7 @@ class BasicConv(nn.Module):
             strides=self.strides,
             padding=((pad[0], pad[0]), (pad[1], pad[1])),
             use_bias=False,
+            precision=PRECISION,
             name="conv",
         )(x)
         x = nn.BatchNorm(use_running_average=True, epsilon=BATCH_NORM_EPSILON, name="bn")(x)
@@ -246,9 +250,10 @@ class InceptionV3(nn.Module):
         x = InceptionE(name="Mixed_7b")(x)  # [B, 8, 8, 2048]
         x = InceptionE(max_pool=True, name="Mixed_7c")(x)  # [B, 8, 8, 2048]
         pool = jnp.mean(x, axis=(1, 2))  # [B, 2048]
-        classifier = nn.Dense(self.num_classes, name="fc")
+        classifier = nn.Dense(self.num_classes, precision=PRECISION, name="fc")
         logits = classifier(pool)  # [B, 1008]
-        logits_unbiased = pool @ classifier.variables["params"]["kernel"]
+        kernel = classifier.variables["params"]["kernel"]  # [2048, 1008]
+        logits_unbiased = jnp.matmul(pool, kernel, precision=PRECISION)
         return {
             "pool": pool,
             "logits": logits,
@@ -301,9 +306,8 @@ def resize_bilinear(images: jax.Array, size: int, convention: Convention) -> jax
     half_pixel = convention == "pytorch_fid"
     rows = jnp.asarray(_interpolation_matrix(height, size, half_pixel))  # [size, H]
     cols = jnp.asarray(_interpolation_matrix(width, size, half_pixel))  # [size, W]
-    precision = jax.lax.Precision.HIGHEST
-    images = jnp.einsum("oh,bhwc->bowc", rows, images, precision=precision)
-    return jnp.einsum("pw,bowc->bopc", cols, images, precision=precision)
+    images = jnp.einsum("oh,bhwc->bowc", rows, images, precision=PRECISION)
+    return jnp.einsum("pw,bowc->bopc", cols, images, precision=PRECISION)
 
 
 def _check_convention(convention: str) -> None:
@@ -395,6 +399,7 @@ def extract_features(
 # ----------------------------------------------------------------------------------------------
 
 
+@functools.cache
 def _abstract_variables() -> Mapping[str, Any]:
     shape = jax.ShapeDtypeStruct((1, INCEPTION_SIZE, INCEPTION_SIZE, 3), jnp.float32)
     return jax.eval_shape(InceptionV3().init, jax.random.key(0), shape)
