@@ -152,6 +152,19 @@ def test_resize_matches_a_per_pixel_transcription(convention, shape):
     np.testing.assert_allclose(ours[0, :, :, 0], expected, atol=1e-6)
 
 
+@pytest.mark.parametrize("size", [256, 512])
+def test_adm_convention_equals_tensorflow_1_resize_bilinear(size):
+    # The op inside the 2015 graph: ResizeBilinear(align_corners=False), no half-pixel centres.
+    import tensorflow as tf
+
+    images = np.random.default_rng(size).uniform(0, 255, (1, size, size, 2)).astype(np.float32)
+    expected = tf.compat.v1.image.resize_bilinear(
+        images, [299, 299], align_corners=False, half_pixel_centers=False
+    ).numpy()
+    ours = np.asarray(inception.resize_bilinear(images, 299, "adm"))
+    np.testing.assert_allclose(ours, expected, atol=1e-4)  # a few float32 ulps of 255
+
+
 def test_pytorch_convention_equals_jax_image_resize_when_upsampling():
     images = np.random.default_rng(1).uniform(size=(2, 40, 50, 3)).astype(np.float32)
     ours = inception.resize_bilinear(images, 64, "pytorch_fid")
