@@ -32,7 +32,7 @@ __all__ = ["SPLITS", "MetricWriter", "read_metrics"]
 
 # The splits a metrics line may carry: "eval" is the validation split.
 # "sample": scores of generated samples (class accuracy, Frechet distance, ...).
-SPLITS = ("train", "eval", "test", "sample")
+SPLITS = ("train", "eval", "test", "sample", "evaluate")
 
 METRICS_FILENAME = "metrics.jsonl"
 
