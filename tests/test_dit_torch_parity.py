@@ -306,7 +306,7 @@ def test_cli_imports_a_dit_s2_checkpoint(tmp_path):
     reproduce the PyTorch forward pass."""
     import json
 
-    import orbax.checkpoint as ocp
+    from mmgen_jax import inference
 
     config = dict(CONFIGS["S-width, 32x32 latents"], depth=12)
     torch.manual_seed(0)
@@ -318,7 +318,9 @@ def test_cli_imports_a_dit_s2_checkpoint(tmp_path):
     )
     model_args = json.loads((tmp_path / "work" / "imported_dit.json").read_text())["model_args"]
     assert model_args == dict(config, class_dropout_prob=0.1)
-    variables = ocp.StandardCheckpointer().restore(tmp_path / "work" / "imported_dit")
+    # The workdir restores like any trained generator run.
+    run = inference.load_trained(str(tmp_path / "work"))
+    variables = {"params": run.variables["params"]}
     model = import_dit.model_from_args(model_args)
 
     x = np.random.default_rng(0).normal(size=(2, 4, 32, 32)).astype(np.float32)
