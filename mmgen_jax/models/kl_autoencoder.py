@@ -14,8 +14,8 @@ Module and parameter names follow the diffusers state_dict (`encoder/down_blocks
 conv1` is `encoder.down_blocks.0.resnets.1.conv1`), so `mmgen_jax.tools.import_sd_vae` maps
 keys by rule. As in `mmgen_jax.models.vqvae`, everything is channels-last and takes its spatial
 rank from the input: the same modules run on `[B, T, C]`, `[B, H, W, C]` and `[B, T, H, W, C]`
-(the released weights are 2-D). Convolutions and matmuls run in `dtype`; GroupNorm statistics
-and the attention softmax always run in float32.
+(the released weights are 2-D). Convolutions and matmuls run in `dtype`; GroupNorm, the
+attention softmax and the outputs are at least float32 (float64 when `dtype` is).
 """
 
 from __future__ import annotations
@@ -46,8 +46,13 @@ SD_VAE_CONFIG = dict(
 )
 
 
-def group_norm(num_groups: int, name: str) -> nn.GroupNorm:
-    """GroupNorm over contiguous channel groups (as torch), statistics and output in float32.
+def precise(dtype: Any) -> Any:
+    """The dtype of normalisation, softmax and outputs: `dtype`, but at least float32."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+def group_norm(num_groups: int, name: str, dtype: Any) -> nn.GroupNorm:
+    """GroupNorm over contiguous channel groups (as torch), computed at least in float32.
 
     The two-pass variance (`use_fast_variance=False`) avoids the cancellation of E[x^2] - E[x]^2
     on the large activations of deep VAE stages, so results match PyTorch to fp32 round-off.
@@ -56,7 +61,7 @@ def group_norm(num_groups: int, name: str) -> nn.GroupNorm:
         num_groups=num_groups,
         epsilon=GROUP_NORM_EPSILON,
         use_fast_variance=False,
-        dtype=jnp.float32,
+        dtype=precise(dtype),
         name=name,
     )
 
@@ -72,9 +77,9 @@ class ResnetBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:  # [B, *S, C_in] -> [B, *S, features]
         ndim = spatial_ndim(x)
-        h = nn.silu(group_norm(self.num_groups, "norm1")(x).astype(self.dtype))
+        h = nn.silu(group_norm(self.num_groups, "norm1", self.dtype)(x).astype(self.dtype))
         h = conv(self.features, ndim, dtype=self.dtype, name="conv1")(h)
-        h = nn.silu(group_norm(self.num_groups, "norm2")(h).astype(self.dtype))
+        h = nn.silu(group_norm(self.num_groups, "norm2", self.dtype)(h).astype(self.dtype))
         h = conv(self.features, ndim, dtype=self.dtype, name="conv2")(h)
         if x.shape[-1] != self.features:
             x = conv(self.features, ndim, kernel=1, dtype=self.dtype, name="conv_shortcut")(x)
@@ -128,15 +133,15 @@ class MidAttention(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:  # [B, *S, C] -> [B, *S, C]
         batch, channels = x.shape[0], x.shape[-1]
-        h = group_norm(self.num_groups, "group_norm")(x).astype(self.dtype)
+        h = group_norm(self.num_groups, "group_norm", self.dtype)(x).astype(self.dtype)
         h = h.reshape(batch, -1, channels)  # [B, N, C], N = prod(S)
 
         def dense(name):
             return nn.Dense(channels, dtype=self.dtype, name=name)
 
         q, k, v = dense("to_q")(h), dense("to_k")(h), dense("to_v")(h)
-        logits = jnp.einsum("bqc,bkc->bqk", q, k, preferred_element_type=jnp.float32)
-        weights = jax.nn.softmax(logits * channels**-0.5, axis=-1)  # [B, N, N], float32
+        logits = jnp.einsum("bqc,bkc->bqk", q, k, preferred_element_type=precise(self.dtype))
+        weights = jax.nn.softmax(logits * channels**-0.5, axis=-1)  # [B, N, N]
         out = jnp.einsum("bqk,bkc->bqc", weights.astype(self.dtype), v)
         out = dense("to_out")(out).reshape(x.shape)
         return x.astype(self.dtype) + out
@@ -180,7 +185,7 @@ class Encoder(nn.Module):
             if level < len(self.block_out_channels) - 1:  # every level but the last halves S
                 h = Downsample(width, self.dtype, name=f"{block}_downsamplers_0")(h)
         h = MidBlock(groups, self.dtype, name="mid_block")(h)
-        h = nn.silu(group_norm(groups, "conv_norm_out")(h).astype(self.dtype))
+        h = nn.silu(group_norm(groups, "conv_norm_out", self.dtype)(h).astype(self.dtype))
         return conv(2 * self.latent_channels, ndim, dtype=self.dtype, name="conv_out")(h)
 
 
@@ -210,9 +215,9 @@ class Decoder(nn.Module):
                 h = ResnetBlock(width, groups, self.dtype, name=f"{block}_resnets_{index}")(h)
             if level < len(widths) - 1:  # every level but the last doubles S
                 h = Upsample(width, self.dtype, name=f"{block}_upsamplers_0")(h)
-        h = nn.silu(group_norm(groups, "conv_norm_out")(h).astype(self.dtype))
+        h = nn.silu(group_norm(groups, "conv_norm_out", self.dtype)(h).astype(self.dtype))
         out = conv(self.out_channels, ndim, dtype=self.dtype, name="conv_out")(h)
-        return out.astype(jnp.float32)
+        return out.astype(precise(self.dtype))
 
 
 class AutoencoderKL(nn.Module):
@@ -276,12 +281,12 @@ class AutoencoderKL(nn.Module):
         """Signal [B, *S, in_channels] -> posterior (mean, logvar), each [B, *S/f, latent]."""
         self._check(x, self.in_channels, "encode")
         check_divisible(x.shape[1:-1], self.downsampling_factor, f"AutoencoderKL input {x.shape}")
-        moments = self.quant_conv(self.encoder(x)).astype(jnp.float32)
+        moments = self.quant_conv(self.encoder(x)).astype(precise(self.dtype))
         mean, logvar = jnp.split(moments, 2, axis=-1)
         return mean, jnp.clip(logvar, LOGVAR_MIN, LOGVAR_MAX)
 
     def decode(self, z: jax.Array) -> jax.Array:
-        """Latent [B, *S/f, latent] -> signal [B, *S, out_channels] (float32, not clipped)."""
+        """Latent [B, *S/f, latent] -> signal [B, *S, out_channels] (not clipped)."""
         self._check(z, self.latent_channels, "decode")
         return self.decoder(self.post_quant_conv(z.astype(self.dtype)))
 

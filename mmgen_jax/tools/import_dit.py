@@ -1,15 +1,19 @@
 """Import the official PyTorch DiT weights (facebookresearch/DiT) into `mmgen_jax.models.dit.DiT`.
 
     python -m mmgen_jax.tools.import_dit --checkpoint DiT-XL-2-256x256.pt --model DiT-XL/2 \
-        --image-size 256 --workdir DIR
+        --image-size 256 --workdir DIR [--vae_workdir VAE_DIR]
 
 writes DIR as a generator workdir that `python -m mmgen_jax.sample --workdir DIR` samples from
 directly: `config.json` (the DiT, the paper's linear schedule and learned sigma, sampling
 defaults of the official `sample.py`: 250 DDPM steps, guidance on the first 3 channels),
 `dataset_info.json` (latent shape, 1000 classes) and a step-0 checkpoint whose parameters and
 EMA parameters are the imported weights (the optimizer state is fresh, so training can continue
-from it). The generator works in 'raw' space: samples are SD-VAE latents (`samples.npz`) until a
-VAE decoder is attached. `DIR/imported_dit.json` records the source file and model arguments.
+from it). Without `--vae_workdir` the generator works in 'raw' space: samples are SD-VAE latents
+(`samples.npz`). With `--vae_workdir VAE_DIR` (an SD VAE imported by
+`mmgen_jax.tools.import_sd_vae`) it works in 'latent' space through that VAE with the DiT latent
+scale (diffusion latents = posterior mean * 0.18215; samples decode z / 0.18215), so the
+sampler writes decoded pictures in [-1, 1]. `DIR/imported_dit.json` records the source files and
+model arguments.
 Reading (`load_state_dict`), converting (`torch_to_flax_params`, `load_torch_dit`) and writing
 (`write_generator_workdir`) are separate steps so that other code can reuse the conversion.
 
@@ -298,14 +302,20 @@ def convert_checkpoint(
     return model_args, variables
 
 
-def generator_config(model_args: Mapping[str, Any]) -> ml_collections.ConfigDict:
-    """A generator config (same sections as `configs/dit.py`) for the imported model."""
+def generator_config(
+    model_args: Mapping[str, Any], vae_workdir: str | None = None
+) -> ml_collections.ConfigDict:
+    """A generator config (same sections as `configs/dit.py`) for the imported model: in 'raw'
+    space, or in 'latent' space through the KL autoencoder in `vae_workdir`."""
     config = config_lib.base_config()
     config.trainer = "generator"
     config.name = "imported_dit"
     config.data.name = "imagenet2012"  # what the official model was trained on (as latents)
     config.generator = dict(
-        space="raw", tokenizer_workdir="", class_conditional=True, stats_examples=0
+        space="latent" if vae_workdir else "raw",
+        tokenizer_workdir=os.path.abspath(vae_workdir) if vae_workdir else "",
+        class_conditional=True,
+        stats_examples=0,
     )
     config.model = dict(
         patch_size=model_args["patch_size"],
@@ -330,20 +340,44 @@ def generator_config(model_args: Mapping[str, Any]) -> ml_collections.ConfigDict
     return config.lock()
 
 
+def attach_vae(
+    config: ml_collections.ConfigDict, info: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(dataset info, model_state) of a DiT whose latents `info['shape']` decode through the KL
+    autoencoder at `config.generator.tokenizer_workdir`: the info describes the VAE's signals,
+    the model_state holds the frozen VAE and the fixed latent scale."""
+    from mmgen_jax.trainers import kl_tokenizer
+    from mmgen_jax.trainers.generator import GeneratorObjective
+
+    vae_workdir = config.generator.tokenizer_workdir
+    signal_shape = tuple(kl_tokenizer.read_manifest(vae_workdir)["signal_shape"])
+    signal_info = {**info, "shape": signal_shape}
+    objective = GeneratorObjective(config, signal_info)
+    if objective.latent_shape != tuple(info["shape"]):
+        raise ValueError(
+            f"the VAE in {vae_workdir} maps signals {signal_shape} to latents "
+            f"{objective.latent_shape}, but the DiT takes {tuple(info['shape'])}: import the "
+            "VAE with the DiT's --image-size"
+        )
+    return signal_info, objective.frozen_variables()
+
+
 def write_generator_workdir(
     workdir: str,
     model_args: Mapping[str, Any],
     variables: Mapping[str, Any],
     provenance: Mapping[str, Any],
+    vae_workdir: str | None = None,
 ) -> ml_collections.ConfigDict:
     """Write `workdir` as a generator run holding the imported weights at step 0 (see the module
-    docstring); an existing checkpoint there is an error rather than silently replaced."""
+    docstring), decoding through the KL autoencoder in `vae_workdir` if given; an existing
+    checkpoint there is an error rather than silently replaced."""
     from mmgen_jax import checkpoint as checkpoint_lib
     from mmgen_jax import run_files
     from mmgen_jax.trainers.state import create_train_state, make_optimizer
 
     workdir = os.path.abspath(workdir)
-    config = generator_config(model_args)
+    config = generator_config(model_args, vae_workdir)
     checkpointer = checkpoint_lib.Checkpointer(
         os.path.join(workdir, "checkpoints"), async_save=False
     )
@@ -359,9 +393,12 @@ def write_generator_workdir(
             "num_classes": model_args["num_classes"],
             "num_examples": {},
         }
+        model_state = {}
+        if vae_workdir:
+            info, model_state = attach_vae(config, info)
         tx, _ = make_optimizer(config.optimizer, config.training.total_steps)
         params = jax.tree.map(jnp.asarray, dict(variables["params"]))
-        state = create_train_state(params, {}, tx, jax.random.PRNGKey(config.seed))
+        state = create_train_state(params, model_state, tx, jax.random.PRNGKey(config.seed))
         run_files.write(workdir, config, info)
         checkpointer.save(0, state, meta={"imported_from": dict(provenance)})
         checkpointer.wait()
@@ -379,6 +416,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--model", required=True, help="zoo name, e.g. DiT-XL/2")
     parser.add_argument("--image-size", type=int, required=True, help="pixels, e.g. 256")
     parser.add_argument("--workdir", required=True)
+    parser.add_argument(
+        "--vae_workdir", default=None, help="SD VAE imported by mmgen_jax.tools.import_sd_vae"
+    )
     args = parser.parse_args(argv)
     model_args, variables = convert_checkpoint(args.checkpoint, args.model, args.image_size)
     metadata = {
@@ -386,7 +426,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         "image_size": args.image_size,
         "checkpoint": os.path.abspath(args.checkpoint),
     }
-    write_generator_workdir(args.workdir, model_args, variables, metadata)
+    if args.vae_workdir:
+        metadata["vae_workdir"] = os.path.abspath(args.vae_workdir)
+    write_generator_workdir(args.workdir, model_args, variables, metadata, args.vae_workdir)
     print(
         f"imported {args.model} from {args.checkpoint} into {args.workdir}; sample with\n"
         f"  python -m mmgen_jax.sample --workdir {args.workdir} --num_samples 8"

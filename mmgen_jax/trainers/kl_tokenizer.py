@@ -83,9 +83,8 @@ def write_workdir(
         json.dump(manifest, file, indent=2, sort_keys=True)
 
 
-def load_workdir(workdir: str) -> tuple[AutoencoderKL, dict[str, Any], dict[str, Any]]:
-    """(model, params, manifest) of a KL-autoencoder workdir; the parameters are checked against
-    the model's (every path present with its shape, nothing extra)."""
+def read_manifest(workdir: str) -> dict[str, Any]:
+    """The workdir's `kl_autoencoder.json` (model arguments, signal shape, latent scale)."""
     manifest_path = os.path.join(workdir, MANIFEST_FILE)
     if not os.path.exists(manifest_path):
         raise FileNotFoundError(
@@ -93,7 +92,14 @@ def load_workdir(workdir: str) -> tuple[AutoencoderKL, dict[str, Any], dict[str,
             "(write one with python -m mmgen_jax.tools.import_sd_vae)"
         )
     with open(manifest_path) as file:
-        manifest = json.load(file)
+        return json.load(file)
+
+
+def load_workdir(workdir: str) -> tuple[AutoencoderKL, dict[str, Any], dict[str, Any]]:
+    """(model, params, manifest) of a KL-autoencoder workdir; the parameters are checked against
+    the model's (every path present with its shape, nothing extra)."""
+    manifest = read_manifest(workdir)
+    manifest_path = os.path.join(workdir, MANIFEST_FILE)
     args = manifest["model_args"]
     model = AutoencoderKL(
         **{key: tuple(value) if isinstance(value, list) else value for key, value in args.items()}
