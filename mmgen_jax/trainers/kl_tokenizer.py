@@ -7,9 +7,10 @@ A KL-autoencoder workdir (written by `mmgen_jax.tools.import_sd_vae`) holds two 
   kl_autoencoder_params.npz   the parameters, one float32 array per '/'-joined Flax path.
 
 The parameters are a plain `.npz` rather than an Orbax checkpoint: they are frozen and
-replicated, so sharded or asynchronous saving brings nothing, and `np.load` restores the 84M
-SD-VAE parameters (335 MB) in well under a second with neither jax nor orbax involved. (A
-generator trained on top keeps its own copy in its checkpoint's `model_state`.)
+replicated, so sharded or asynchronous saving brings nothing, and `np.load` reads the 84M
+SD-VAE parameters (335 MB) in 0.4 s on a 2-core CPU with neither jax nor orbax involved (2.5 s
+for the whole `FrozenKLAutoencoder`, with the shape checks and the copy to the device). A
+generator trained on top keeps its own copy in its checkpoint's `model_state`.
 
 `FrozenKLAutoencoder` has the interface of `generator.FrozenTokenizer`: `encode` gives the
 posterior *mean* (deterministic, so a batch always maps to the same latents; the DiT training
