@@ -45,8 +45,10 @@ def is_kl_workdir(workdir: str) -> bool:
     return bool(workdir) and os.path.exists(os.path.join(workdir, MANIFEST_FILE))
 
 
+@functools.lru_cache(maxsize=8)  # tracing the model takes ~0.5 s; the shapes never change
 def abstract_params(model: AutoencoderKL, ndim: int = 2) -> dict[tuple[str, ...], Any]:
-    """Flat {path: ShapeDtypeStruct} of the model's parameters for `ndim` spatial axes."""
+    """Flat {path: ShapeDtypeStruct} of the model's parameters for `ndim` spatial axes (do not
+    modify the returned dict: it is cached)."""
     x = jax.ShapeDtypeStruct((1, *(model.downsampling_factor,) * ndim, model.in_channels), "f4")
     variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
     return traverse_util.flatten_dict(meta.unbox(variables["params"]))
