@@ -324,6 +324,12 @@ def test_cli_round_trip_into_a_frozen_tokenizer(tiny_weights, tmp_path, suffix):
     _assert_same_params(jax.tree.map(np.asarray, tokenizer.variables["params"]), params)
     np.testing.assert_array_equal(tokenizer.latent_norm["mean"], np.zeros(4))
     np.testing.assert_allclose(tokenizer.latent_norm["std"], 1 / 0.18215, rtol=1e-7)
+    # Decoding in strided chunks (bounded memory) gives what decoding the batch whole gives.
+    z = jax.random.normal(jax.random.PRNGKey(0), (8, 4, 4, 4))
+    whole = tokenizer.decode(tokenizer.variables, z)
+    tokenizer.decode_batch = 2
+    chunked = jax.jit(tokenizer.decode)(tokenizer.variables, z)
+    np.testing.assert_allclose(np.asarray(chunked), np.asarray(whole), rtol=1e-5, atol=1e-6)
 
 
 # -- an imported DiT decoding through the imported VAE ----------------------------------------
