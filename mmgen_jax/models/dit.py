@@ -317,14 +317,19 @@ class LabelEmbedder(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention as timm's (fused qkv Linear with bias, output projection)."""
+    """Multi-head self-attention as timm's (fused qkv Linear with bias, output projection).
+
+    `mask` (optional, boolean, broadcastable to [B, H, N, N]): True where query q may attend to
+    key k; every query needs at least one True key (e.g. a causal mask). None attends to all.
+    """
 
     hidden_size: int
     num_heads: int
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:  # [B, N, D] -> [B, N, D]
+    def __call__(self, x: jnp.ndarray, mask: jnp.ndarray | None = None) -> jnp.ndarray:
+        # x: [B, N, D] -> [B, N, D]
         batch, tokens, _ = x.shape
         head_dim = self.hidden_size // self.num_heads
         qkv = dense(3 * self.hidden_size, ("embed", "heads"), self.dtype, "qkv")(x)  # [B, N, 3D]
@@ -334,6 +339,8 @@ class Attention(nn.Module):
         logits = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32) * (
             head_dim**-0.5
         )  # [B, H, N, N], fp32
+        if mask is not None:
+            logits = jnp.where(mask, logits, -jnp.inf)
         weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
         out = jnp.einsum("bhqk,bkhd->bqhd", weights, value).reshape(batch, tokens, -1)
         return dense(self.hidden_size, ("heads", "embed"), self.dtype, "proj")(out)
@@ -355,7 +362,10 @@ class Mlp(nn.Module):
 
 
 class DiTBlock(nn.Module):
-    """Transformer block with adaLN-Zero conditioning on c: (x [B, N, D], c [B, D]) -> x."""
+    """Transformer block with adaLN-Zero conditioning on c: (x [B, N, D], c [B, D]) -> x.
+
+    `mask` is the optional attention mask of `Attention` (e.g. causal for a token model).
+    """
 
     hidden_size: int
     num_heads: int
@@ -363,7 +373,9 @@ class DiTBlock(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray, c: jnp.ndarray) -> jnp.ndarray:
+    def __call__(
+        self, x: jnp.ndarray, c: jnp.ndarray, mask: jnp.ndarray | None = None
+    ) -> jnp.ndarray:
         modulation = dense(
             6 * self.hidden_size, ("embed", "mlp"), self.dtype, "adaLN_modulation", zeros
         )(nn.silu(c))[:, None, :].astype(jnp.float32)  # [B, 1, 6D]
@@ -372,7 +384,7 @@ class DiTBlock(nn.Module):
         )  # each [B, 1, D]
         attention = Attention(self.hidden_size, self.num_heads, self.dtype, name="attn")
         h = modulate(layer_norm(x), shift_msa, scale_msa).astype(self.dtype)
-        x = x + gate_msa * attention(h)
+        x = x + gate_msa * attention(h, mask)
         mlp = Mlp(self.hidden_size, self.mlp_ratio, self.dtype, name="mlp")
         h = modulate(layer_norm(x), shift_mlp, scale_mlp).astype(self.dtype)
         return x + gate_mlp * mlp(h)

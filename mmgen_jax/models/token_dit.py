@@ -1,10 +1,13 @@
-"""A DiT over discrete tokens: the denoiser of masked diffusion (`diffusion/masked.py`).
+"""A DiT over discrete tokens: the denoiser of masked diffusion (`diffusion/masked.py`), and
+with `causal=True` the next-token model of the autoregressive baseline
+(`trainers/autoregressive.py`).
 
 The same transformer as `models/dit.py` (its `DiTBlock`, `TimestepEmbedder`, `LabelEmbedder`,
 `FinalLayer` and N-d sin-cos positions, imported, not copied), with a token embedding in place
 of the patch embedding and a head of logits over the vocabulary plus the mask token. Inputs are
 token ids of any rank: `[B, L]` text or `[B, h, w]` grids of VQ code indices; every position is a
-transformer token (no patching) and attention is bidirectional (no causal mask).
+transformer token (no patching) and attention is bidirectional, or causal over the row-major
+flattened positions when `causal=True` (position i attends to positions <= i only).
 
 Conditioning enters through adaLN as in DiT: c = t-embedding (if `time_conditioned`) + label
 embedding (if `num_classes`). With neither, c is a learned constant vector. A denoiser without
@@ -34,7 +37,7 @@ TIME_SCALE = 1000.0
 
 
 class TokenDiT(nn.Module):
-    """Bidirectional DiT denoiser over token ids: (z [B, *S] int, t [B], y [B]) -> logits.
+    """DiT over token ids: (z [B, *S] int, t [B], y [B]) -> logits, bidirectional or causal.
 
     Call: `model.apply(variables, z, t, y=None, train=False, force_drop_ids=None, rngs=...)`
       z: [B, *S] int ids in [0, vocab_size] (vocab_size is the mask id);
@@ -49,6 +52,8 @@ class TokenDiT(nn.Module):
       num_classes: label classes; 0 for an unconditional model.
       class_dropout_prob: label dropout for classifier-free guidance.
       time_conditioned: add a t-embedding to the adaLN conditioning.
+      causal: attend only to earlier and equal positions (row-major order), so the logits at
+        position i depend on z[..., :i + 1] only; False (bidirectional) for masked diffusion.
       dtype: compute dtype of the matmuls (parameters, softmax and logits stay fp32).
     """
 
@@ -60,6 +65,7 @@ class TokenDiT(nn.Module):
     num_classes: int = 0
     class_dropout_prob: float = 0.1
     time_conditioned: bool = True
+    causal: bool = False
     dtype: Any = jnp.float32
 
     @property
@@ -115,11 +121,15 @@ class TokenDiT(nn.Module):
                 self.num_classes, self.hidden_size, self.class_dropout_prob, name="y_embedder"
             )(y, train, force_drop_ids)
 
+        mask = None
+        if self.causal:
+            positions = jnp.arange(h.shape[1])
+            mask = positions[:, None] >= positions[None, :]  # [N, N]: query >= key
         for index in range(self.depth):
             h = materialize_cotangent(constrain_activation(h))
             h = DiTBlock(
                 self.hidden_size, self.num_heads, self.mlp_ratio, self.dtype, name=f"blocks_{index}"
-            )(h, c)  # [B, N, D]
+            )(h, c, mask)  # [B, N, D]
         h = materialize_cotangent(h)
         logits = FinalLayer(self.hidden_size, self.vocab_size + 1, self.dtype, name="final_layer")(
             h, c
