@@ -1,4 +1,5 @@
-"""Text generation by masked discrete diffusion (MDLM) with a token DiT.
+"""Text generation by masked discrete diffusion (MDLM) with a token DiT, or by next-token
+prediction with the same DiT made causal (the autoregressive baseline).
 
 Usage:
   python -m mmgen_jax.main --config=configs/text.py --workdir=/tmp/text_arithmetic
@@ -10,8 +11,12 @@ Arguments (after the colon, comma separated):
              TFDS dataset with a text feature 'text'.
   tokenizer  'chars' (default for arithmetic: its 14 characters), 'bytes' or 'sentencepiece'
              (default for lm1b: trained on the training split, 8000 pieces).
+  objective  'masked' (default): masked diffusion (`trainers/masked.py`);
+             'autoregressive': the same model size, data and schedule, trained left to right
+             (`trainers/autoregressive.py`).
   time       'none' (default): the denoiser ignores t, which makes cached sampling exact;
              'adaln': t-embedding in the adaLN conditioning (sampling without caching).
+             Masked diffusion only.
   runlocal   tiny model and few steps, for smoke runs and tests.
 """
 
@@ -21,14 +26,20 @@ from mmgen_jax.data.builders import arithmetic
 
 def get_config(arg: str | None = None):
     args = config_lib.parse_arg(
-        arg, dataset="arithmetic", tokenizer="", time="none", runlocal=False
+        arg, dataset="arithmetic", tokenizer="", objective="masked", time="none", runlocal=False
     )
+    config_lib.require_choice("objective", args.objective, ("masked", "autoregressive"))
     config_lib.require_choice("time", args.time, ("none", "adaln"))
+    autoregressive = args.objective == "autoregressive"
+    if autoregressive and args.time != "none":
+        raise ValueError(
+            "time conditioning belongs to masked diffusion, not objective=autoregressive"
+        )
     small = args.dataset == "arithmetic"
     tokenizer = args.tokenizer or ("chars" if small else "sentencepiece")
     config_lib.require_choice("tokenizer", tokenizer, ("bytes", "chars", "sentencepiece"))
     config = config_lib.base_config()
-    config.trainer = "masked"
+    config.trainer = args.objective
     config.data.name = args.dataset
     config.data.modality = "text"
     config.data.text_key = "text"
@@ -51,20 +62,21 @@ def get_config(arg: str | None = None):
         num_heads=4 if small else 12,
         mlp_ratio=4.0,
         class_dropout_prob=0.1,
-        time_conditioned=args.time == "adaln",
-    )
-    # MDLM: log-linear alpha_t = 1 - (1 - eps) t; antithetic t; eval averages 4 draws.
-    config.diffusion = dict(
-        schedule="loglinear", eps=1e-3, t_min=1e-3, antithetic=True, eval_draws=4
     )
     config.sampling = dict(
-        sampler="ancestral",
-        steps=64 if small else 1000,
-        cache=args.time == "none",
+        sampler="ancestral",  # autoregressive: token by token, one step per token
         cfg_scale=1.0,
         temperature=1.0,
         grid_per_class=32,  # samples written at each evaluation
     )
+    if not autoregressive:
+        config.model.time_conditioned = args.time == "adaln"
+        # MDLM: log-linear alpha_t = 1 - (1 - eps) t; antithetic t; eval averages 4 draws.
+        config.diffusion = dict(
+            schedule="loglinear", eps=1e-3, t_min=1e-3, antithetic=True, eval_draws=4
+        )
+        config.sampling.steps = 64 if small else 1000
+        config.sampling.cache = args.time == "none"
 
     config.optimizer.learning_rate = 1e-3 if small else 3e-4
     config.optimizer.warmup_steps = 200 if small else 2500
@@ -84,7 +96,8 @@ def get_config(arg: str | None = None):
         config.model.num_heads = 2
         config.data.sentencepiece_vocab_size = 64
         config.data.sentencepiece_max_sentences = 2000
-        config.sampling.steps = 4
+        if not autoregressive:
+            config.sampling.steps = 4
         config.sampling.grid_per_class = 4
         config.training.global_batch_size = 16
         config.training.total_steps = 4

@@ -1,5 +1,6 @@
 """Trainers: the shared loop and one objective per model family, found by name."""
 
+from mmgen_jax.trainers.autoregressive import AutoregressiveObjective
 from mmgen_jax.trainers.classifier import ClassifierObjective
 from mmgen_jax.trainers.generator import GeneratorObjective
 from mmgen_jax.trainers.masked import MaskedDiffusionObjective
@@ -7,6 +8,7 @@ from mmgen_jax.trainers.tokenizer import TokenizerObjective
 
 # config.trainer -> objective factory. Adding a model family = one objective + one entry here.
 OBJECTIVES = {
+    "autoregressive": AutoregressiveObjective,
     "classifier": ClassifierObjective,
     "generator": GeneratorObjective,
     "masked": MaskedDiffusionObjective,
