@@ -343,11 +343,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reference", default=None, help="ADM reference batch / statistics .npz")
     parser.add_argument("--out", default=None, help="default: <workdir>/evaluations/<tag>")
     parser.add_argument("--split_size", type=int, default=fid.IS_SPLIT_SIZE, help="IS split")
-    parser.add_argument("--distributed", action="store_true", help="jax.distributed.initialize()")
+    parser.add_argument("--distributed", action="store_true", help="join a multi-host run")
     args = parser.parse_args(argv)
     xla_flags.configure_for_cpu()
     if args.distributed:
-        jax.distributed.initialize()
+        sharding_lib.initialize_distributed()
     start = time.time()
     try:
         results = evaluate(args)

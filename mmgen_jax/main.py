@@ -15,7 +15,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from mmgen_jax import trainers, xla_flags
+from mmgen_jax import sharding, trainers, xla_flags
 from mmgen_jax.trainers import loop, stages
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -42,23 +42,6 @@ _DISTRIBUTED = flags.DEFINE_bool(
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def _initialize_distributed() -> None:
-    """Join the multi-controller runtime. On TPU VMs and Slurm/Kubernetes clusters JAX finds the
-    coordinator itself; elsewhere (e.g. several processes on one machine) set
-    MMGEN_COORDINATOR_ADDRESS (host:port), MMGEN_NUM_PROCESSES and MMGEN_PROCESS_ID. CPU-only
-    processes exchange collectives over gloo."""
-    if xla_flags.runs_on_cpu_only():
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    kwargs = {}
-    if os.environ.get("MMGEN_COORDINATOR_ADDRESS"):
-        kwargs = dict(
-            coordinator_address=os.environ["MMGEN_COORDINATOR_ADDRESS"],
-            num_processes=int(os.environ["MMGEN_NUM_PROCESSES"]),
-            process_id=int(os.environ["MMGEN_PROCESS_ID"]),
-        )
-    jax.distributed.initialize(**kwargs)
-
-
 def _configure_logging() -> None:
     """INFO for this package; WARNING for libraries (Orbax, TFDS) unless --verbosity is given."""
     if not flags.FLAGS["verbosity"].present:
@@ -72,7 +55,7 @@ def main(argv: list[str]) -> None:
     xla_flags.configure_for_cpu()
     explicit = flags.FLAGS["distributed"].present or "MMGEN_DISTRIBUTED" in os.environ
     if _DISTRIBUTED.value if explicit else _on_cloud_tpu_vm():
-        _initialize_distributed()
+        sharding.initialize_distributed()
     _configure_logging()
     logging.getLogger("mmgen_jax").info(
         "process %d/%d, %d local / %d global devices",

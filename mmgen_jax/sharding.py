@@ -14,6 +14,7 @@ largest divisible axis. Activations are constrained with `constrain_activation`
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,8 +24,29 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from mmgen_jax import xla_flags
+
 MESH_AXES = ("data", "fsdp")
 BATCH_AXES = ("data", "fsdp")
+
+
+def initialize_distributed() -> None:
+    """Join the multi-controller runtime (every entry point's `--distributed`).
+
+    On TPU VMs and Slurm/Kubernetes clusters JAX finds the coordinator itself; elsewhere (e.g.
+    several processes on one machine) set MMGEN_COORDINATOR_ADDRESS (host:port),
+    MMGEN_NUM_PROCESSES and MMGEN_PROCESS_ID. CPU-only processes exchange collectives over gloo.
+    """
+    if xla_flags.runs_on_cpu_only():
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    kwargs = {}
+    if os.environ.get("MMGEN_COORDINATOR_ADDRESS"):
+        kwargs = dict(
+            coordinator_address=os.environ["MMGEN_COORDINATOR_ADDRESS"],
+            num_processes=int(os.environ["MMGEN_NUM_PROCESSES"]),
+            process_id=int(os.environ["MMGEN_PROCESS_ID"]),
+        )
+    jax.distributed.initialize(**kwargs)
 
 
 def make_mesh(data: int = -1, fsdp: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:

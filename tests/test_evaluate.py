@@ -8,6 +8,9 @@ results written — and not the network (tests/test_inception*.py do that).
 import argparse
 import json
 import os
+import socket
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -169,3 +172,62 @@ def test_bad_requests_fail_before_sampling(generator_dir, whole, tmp_path):
     # Resuming into an evaluation made with other settings is refused, naming the setting.
     with pytest.raises(ValueError, match="cfg_scale"):
         evaluate.evaluate(_args(generator_dir, whole["out"], cfg_scale=2.0), extractor)
+
+
+# Runs one evaluation in a subprocess: a jax.distributed process when MMGEN_COORDINATOR_ADDRESS
+# is set (sharding.initialize_distributed reads it), else a plain single process.
+_WORKER = """
+import os, sys
+from mmgen_jax import evaluate, sharding
+if os.environ.get("MMGEN_COORDINATOR_ADDRESS"):
+    sharding.initialize_distributed()
+from tests import test_evaluate as t
+args = t._args(sys.argv[1], sys.argv[2], num_samples=16, batch_size=8)
+evaluate.evaluate(args, t._projection_extractor())
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow  # three subprocesses, each compiling the sampler: ~1 min
+def test_two_processes_evaluate_the_samples_of_one(generator_dir, tmp_path):
+    """Two jax.distributed processes (one CPU device each, gloo over loopback) split every batch
+    and give the statistics one process gives; only process 0 writes."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu", PYTHONPATH=repo)
+    command = [sys.executable, "-c", _WORKER, generator_dir]
+    single = subprocess.run(
+        [*command, str(tmp_path / "one")], cwd=repo, env=env, capture_output=True, text=True
+    )
+    assert single.returncode == 0, single.stderr[-3000:]
+    port = _free_port()
+    processes = [
+        subprocess.Popen(
+            [*command, str(tmp_path / "two")],
+            cwd=repo,
+            env=dict(
+                env,
+                MMGEN_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                MMGEN_NUM_PROCESSES="2",
+                MMGEN_PROCESS_ID=str(index),
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for index in range(2)
+    ]
+    outputs = [process.communicate(timeout=600)[0] for process in processes]
+    for process, output in zip(processes, outputs, strict=True):
+        assert process.returncode == 0, output[-3000:]
+    one = fid.load_reference(str(tmp_path / "one" / "samples_stats.npz"))
+    two = fid.load_reference(str(tmp_path / "two" / "samples_stats.npz"))
+    assert two.pool.shape == (16, DIMS["pool"])
+    np.testing.assert_allclose(two.pool, one.pool, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(two.mu, one.mu, rtol=1e-5, atol=1e-7)
+    # Process 1 wrote nothing of its own: one results file, written by process 0.
+    assert sorted(os.listdir(tmp_path / "two")) == sorted(os.listdir(tmp_path / "one"))
