@@ -5,8 +5,9 @@
 
 Random weights, the real shapes: the guided DDPM loop of `--model` over SD-VAE latents
 (image_size / 8, 4 channels; classifier-free guidance doubles the batch), the SD-VAE decoder
-(`models.kl_autoencoder`, fp32 as the official sampler runs it) and the FID InceptionV3
-(`metrics.inception`, fp32, uint8 images resized to 299 the ADM way). Each is timed per batch
+(`models.kl_autoencoder`, fp32 as the official sampler runs it, `--decode_batch` latents at
+once) and the FID InceptionV3 (`metrics.inception`, fp32, uint8 images resized to 299 the ADM
+way). Each is timed per batch
 after compilation; the sampling loop is timed over `--timed_steps` steps of a respaced process
 (every step costs the same model call) and scaled to `--steps`. The estimate of a whole
 `python -m mmgen_jax.evaluate` run is num_samples / batch x (sampling + decoding + Inception)
@@ -28,7 +29,7 @@ from mmgen_jax.diffusion.gaussian import GaussianDiffusion, betas_for_schedule, 
 from mmgen_jax.diffusion.samplers import ddpm_sample
 from mmgen_jax.metrics import inception
 from mmgen_jax.models.dit import make_dit
-from mmgen_jax.models.kl_autoencoder import SD_VAE_SCALE, AutoencoderKL
+from mmgen_jax.models.kl_autoencoder import SD_VAE_SCALE, AutoencoderKL, decode_in_chunks
 
 
 def parse_args(argv=None):
@@ -43,6 +44,7 @@ def parse_args(argv=None):
     parser.add_argument("--num_samples", type=int, default=50_000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--vae_channels", default="128,256,512,512", help="SD-VAE widths")
+    parser.add_argument("--decode_batch", type=int, default=32, help="latents decoded at once")
     parser.add_argument("--json", default="bench_reproduce.json")
     return parser.parse_args(argv)
 
@@ -119,7 +121,7 @@ def main(argv=None) -> dict:
     vae_params = jax.jit(vae.init)(rng, jnp.zeros((1, args.image_size, args.image_size, 3)))
 
     def decode(params, z):
-        images = vae.apply(params, z / SD_VAE_SCALE, method=AutoencoderKL.decode)
+        images = decode_in_chunks(vae, params, z / SD_VAE_SCALE, args.decode_batch)
         return jnp.clip(127.5 * images + 128.0, 0, 255).astype(jnp.uint8)
 
     z = jax.random.normal(rng, (batch, *latent))

@@ -300,3 +300,23 @@ class AutoencoderKL(nn.Module):
         if rng is not None:
             z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(rng, mean.shape, mean.dtype)
         return self.decode(z), mean, logvar
+
+
+def decode_in_chunks(model: AutoencoderKL, variables: Any, z: jax.Array, chunk: int) -> jax.Array:
+    """`model.decode` of latents [B, *S/f, latent] at most `chunk` at a time (jit-able).
+
+    The decoder's full-resolution activations dominate memory (at 256 x 256, XLA plans about
+    0.85 GB per image in float32 on a GPU), so a large sampling batch is decoded in a
+    `lax.map` over chunks. Chunk j takes latents j, j + n, j + 2n, ... (n = B / chunk): every
+    chunk draws evenly from each device's contiguous slice of a batch-sharded array, so all
+    devices stay busy. A batch that `chunk` does not divide is decoded whole.
+    """
+    batch = z.shape[0]
+    if batch <= chunk or batch % chunk:
+        return model.apply(variables, z, method=AutoencoderKL.decode)
+    steps = batch // chunk
+    strided = z.reshape(chunk, steps, *z.shape[1:]).swapaxes(0, 1)  # [steps, chunk, ...]
+    decoded = jax.lax.map(
+        lambda latents: model.apply(variables, latents, method=AutoencoderKL.decode), strided
+    )  # [steps, chunk, *S, C]
+    return decoded.swapaxes(0, 1).reshape(batch, *decoded.shape[2:])

@@ -34,7 +34,7 @@ import numpy as np
 from flax import traverse_util
 from flax.core import meta
 
-from mmgen_jax.models.kl_autoencoder import AutoencoderKL
+from mmgen_jax.models.kl_autoencoder import AutoencoderKL, decode_in_chunks
 
 MANIFEST_FILE = "kl_autoencoder.json"
 PARAMS_FILE = "kl_autoencoder_params.npz"
@@ -161,27 +161,10 @@ class FrozenKLAutoencoder:
         return jax.lax.stop_gradient(mean)
 
     def decode(self, variables, z: jax.Array) -> jax.Array:
-        """Latents [B, *S/f, latent] (unscaled) -> signals [B, *S, C], not clipped.
-
-        At most `decode_batch` latents are decoded at once (default `DECODE_PER_DEVICE` per
-        device): the decoder's full-resolution activations dominate memory (at 256 x 256, XLA
-        plans about 0.85 GB per image in float32), so a 256-image sampling batch decoded in
-        one go would need over 200 GB. Chunk j takes latents j, j + n, j + 2n, ... (n = B /
-        chunk), so every chunk draws evenly from each device's contiguous slice of a sharded
-        batch and all devices stay busy. Batches that the chunk does not divide are decoded
-        whole.
-        """
-        batch = z.shape[0]
+        """Latents [B, *S/f, latent] (unscaled) -> signals [B, *S, C], not clipped; at most
+        `decode_batch` at once (`kl_autoencoder.decode_in_chunks`: bounded memory)."""
         chunk = self.decode_batch or DECODE_PER_DEVICE * jax.device_count()
-        if batch <= chunk or batch % chunk:
-            return self.model.apply(variables, z, method=AutoencoderKL.decode)
-        steps = batch // chunk
-        strided = z.reshape(chunk, steps, *z.shape[1:]).swapaxes(0, 1)  # [steps, chunk, ...]
-        decoded = jax.lax.map(
-            lambda latents: self.model.apply(variables, latents, method=AutoencoderKL.decode),
-            strided,
-        )  # [steps, chunk, *S, C]
-        return decoded.swapaxes(0, 1).reshape(batch, *decoded.shape[2:])
+        return decode_in_chunks(self.model, variables, z, chunk)
 
     def latent_shape(self) -> tuple[int, ...]:
         x = jax.ShapeDtypeStruct((1, *self.signal_shape), jnp.float32)
