@@ -40,7 +40,7 @@ class TokenDiT(nn.Module):
     """DiT over token ids: (z [B, *S] int, t [B], y [B]) -> logits, bidirectional or causal.
 
     Call: `model.apply(variables, z, t, y=None, train=False, force_drop_ids=None, rngs=...)`
-      z: [B, *S] int ids in [0, vocab_size] (vocab_size is the mask id);
+      z: [B, *S] int ids in [0, vocab_size] (vocab_size: the mask id, or a causal model's start id);
       t: [B] float times in [0, 1] (ignored when `time_conditioned=False`);
       y: [B] int labels (num_classes = the null class) or None for an unconditional model.
     Returns float32 logits [B, *S, vocab_size + 1]; the last entry belongs to the mask id,
