@@ -8,7 +8,6 @@ results written — and not the network (tests/test_inception*.py do that).
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -21,6 +20,7 @@ from flax.core import meta
 from mmgen_jax import evaluate
 from mmgen_jax.metrics import fid
 from mmgen_jax.tools import import_dit
+from tests import processes
 
 MODEL_ARGS = dict(
     input_size=8,
@@ -187,43 +187,20 @@ evaluate.evaluate(args, t._projection_extractor())
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow  # three subprocesses, each compiling the sampler: ~1 min
 def test_two_processes_evaluate_the_samples_of_one(generator_dir, tmp_path):
     """Two jax.distributed processes (one CPU device each, gloo over loopback) split every batch
     and give the statistics one process gives; only process 0 writes."""
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu", PYTHONPATH=repo)
     command = [sys.executable, "-c", _WORKER, generator_dir]
     single = subprocess.run(
-        [*command, str(tmp_path / "one")], cwd=repo, env=env, capture_output=True, text=True
+        [*command, str(tmp_path / "one")],
+        cwd=processes.REPO,
+        env=processes.SINGLE_DEVICE_ENV,
+        capture_output=True,
+        text=True,
     )
     assert single.returncode == 0, single.stderr[-3000:]
-    port = _free_port()
-    processes = [
-        subprocess.Popen(
-            [*command, str(tmp_path / "two")],
-            cwd=repo,
-            env=dict(
-                env,
-                MMGEN_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-                MMGEN_NUM_PROCESSES="2",
-                MMGEN_PROCESS_ID=str(index),
-            ),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for index in range(2)
-    ]
-    outputs = [process.communicate(timeout=600)[0] for process in processes]
-    for process, output in zip(processes, outputs, strict=True):
-        assert process.returncode == 0, output[-3000:]
+    processes.run_distributed([*command, str(tmp_path / "two")])
     one = fid.load_reference(str(tmp_path / "one" / "samples_stats.npz"))
     two = fid.load_reference(str(tmp_path / "two" / "samples_stats.npz"))
     assert two.pool.shape == (16, DIMS["pool"])

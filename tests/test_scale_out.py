@@ -4,7 +4,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import pytest
 from configs import dit, vqvae
 from mmgen_jax.metrics import read_metrics
 from mmgen_jax.trainers import get_objective_factory, loop
+from tests import processes
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -151,12 +151,6 @@ def test_sigterm_saves_the_current_step_and_exits_zero(data_dir, tmp_path):
     assert f"preempted: saved step {steps[0]}" in output
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow  # two jax.distributed processes + a reference run: ~1 min of the suite
 def test_two_processes_match_one_process(data_dir, tmp_path):
     """Two processes (jax.distributed on loopback, gloo collectives, one CPU device each) train
@@ -172,36 +166,18 @@ def test_two_processes_match_one_process(data_dir, tmp_path):
         "--config.data.host_sharding=batch",
         f"--config.data.data_dir={data_dir}",
     ]
-    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
     single = subprocess.run(
         [*args, f"--workdir={tmp_path / 'single'}"],
         cwd=REPO,
-        env=env,
+        env=processes.SINGLE_DEVICE_ENV,
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert single.returncode == 0, single.stderr[-3000:]
-    port = _free_port()
-    processes = [
-        subprocess.Popen(
-            [*args, f"--workdir={tmp_path / 'multi'}", "--distributed"],
-            cwd=REPO,
-            env=dict(
-                env,
-                MMGEN_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-                MMGEN_NUM_PROCESSES="2",
-                MMGEN_PROCESS_ID=str(index),
-            ),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for index in range(2)
-    ]
-    outputs = [process.communicate(timeout=300)[0] for process in processes]
-    for process, output in zip(processes, outputs, strict=True):
-        assert process.returncode == 0, output[-3000:]
+    outputs = processes.run_distributed(
+        [*args, f"--workdir={tmp_path / 'multi'}", "--distributed"], timeout=300
+    )
     assert "process 1/2" in outputs[1]
 
     from mmgen_jax import inference
