@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import json
 import os
 import sys
@@ -173,14 +172,13 @@ def generate_features(
     params = variables.pop("params")
     total = settings.num_batches
     labels = balanced_labels(total * settings.batch_size, objective.num_classes)
-    sample = functools.partial(
-        objective._sample,
-        settings.sampler,
-        settings.steps,
-        settings.cfg_scale,
-        settings.eta,
-        settings.cfg_channels,
-        num_samples=settings.batch_size,
+    sample = objective.sampling_function(
+        settings.batch_size,
+        sampler=settings.sampler,
+        steps=settings.steps,
+        cfg_scale=settings.cfg_scale,
+        eta=settings.eta,
+        cfg_channels=settings.cfg_channels,
     )
 
     def step(params, model_state, extractor_variables, y, rng):

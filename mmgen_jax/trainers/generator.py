@@ -335,11 +335,26 @@ class GeneratorObjective:
         self.check_sampling_request(labels, settings["cfg_scale"])
         key = (*settings.values(), num_samples)
         if key not in self._samplers:
-            self._samplers[key] = jax.jit(
-                functools.partial(self._sample, *key[:-1], num_samples=num_samples)
-            )
+            self._samplers[key] = jax.jit(self.sampling_function(num_samples, **settings))
         y = None if labels is None else jnp.asarray(labels, jnp.int32)
         return self._samplers[key](params, model_state, y, rng)
+
+    def sampling_function(
+        self,
+        num_samples: int,
+        *,
+        sampler: str,
+        steps: int,
+        cfg_scale: float,
+        eta: float,
+        cfg_channels: int | None,
+    ):
+        """The traceable `(params, model_state, labels, rng) -> signals [N, *S, C]` of these
+        settings (as `sampling_settings` returns them), for callers that compile it into a
+        larger function (e.g. sampling and scoring in one step)."""
+        return functools.partial(
+            self._sample, sampler, steps, cfg_scale, eta, cfg_channels, num_samples=num_samples
+        )
 
     def _sample(
         self,
