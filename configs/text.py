@@ -20,6 +20,8 @@ Arguments (after the colon, comma separated):
   runlocal   tiny model and few steps, for smoke runs and tests.
 """
 
+from ml_collections import config_dict
+
 from mmgen_jax import config_lib
 from mmgen_jax.data.builders import arithmetic
 
@@ -72,8 +74,18 @@ def get_config(arg: str | None = None):
     if not autoregressive:
         config.model.time_conditioned = args.time == "adaln"
         # MDLM: log-linear alpha_t = 1 - (1 - eps) t; antithetic t; eval averages 4 draws.
+        # low_t_max / low_t_fraction (unset: uniform t): importance-sample training times,
+        # that fraction of them below low_t_max, reweighted so the NELBO stays unbiased
+        # (importance_weighted=False trains on the proposal's emphasis instead).
         config.diffusion = dict(
-            schedule="loglinear", eps=1e-3, t_min=1e-3, antithetic=True, eval_draws=4
+            schedule="loglinear",
+            eps=1e-3,
+            t_min=1e-3,
+            antithetic=True,
+            eval_draws=4,
+            low_t_max=config_dict.placeholder(float),
+            low_t_fraction=config_dict.placeholder(float),
+            importance_weighted=True,
         )
         config.sampling.steps = 64 if small else 1000
         config.sampling.cache = args.time == "none"

@@ -35,6 +35,38 @@ def test_antithetic_times_are_evenly_spread():
     assert t.min() >= 0.01 and t.max() <= 1.0
 
 
+def test_importance_sampled_times_keep_expectations_unbiased():
+    proposal = dict(t_min=0.01, low_t_max=0.25, low_t_fraction=0.75)
+    t = np.asarray(masked.sample_times(jax.random.PRNGKey(3), 4000, **proposal))
+    assert t.min() >= 0.01 and t.max() <= 1.0
+    assert np.sum(t < 0.25) == 3000  # antithetic: exactly the requested fraction
+    weights = np.asarray(masked.time_importance_weights(t, **proposal))
+    np.testing.assert_allclose(weights[t < 0.25], 0.24 / 0.99 / 0.75, rtol=1e-6)
+    np.testing.assert_allclose(weights[t >= 0.25], 0.75 / 0.99 / 0.25, rtol=1e-6)
+    # E_q[w(t) g(t)] = E_uniform[g(t)] on [0.01, 1], here for g(t) = t^2 and g(t) = 1/t.
+    np.testing.assert_allclose(np.mean(weights * t**2), (1 - 0.01**3) / 3 / 0.99, rtol=1e-3)
+    np.testing.assert_allclose(np.mean(weights / t), np.log(100) / 0.99, rtol=1e-3)
+    # nelbo() reweights each sequence by its time's weight; 'proposal_weighted' does not.
+    terms = jax.jit(
+        lambda key: masked.nelbo(
+            lambda z, t, y: jnp.zeros((*z.shape, VOCAB + 1)),
+            jnp.zeros((64, 8), jnp.int32),
+            key,
+            masked.MaskSchedule(),
+            MASK,
+            **proposal,
+        )
+    )(jax.random.PRNGKey(0))
+    kept = np.asarray(terms["proposal_weighted"]) > 0
+    ratios = np.asarray(terms["nelbo"])[kept] / np.asarray(terms["proposal_weighted"])[kept]
+    expected = [0.24 / 0.99 / 0.75, 0.75 / 0.99 / 0.25]
+    np.testing.assert_allclose(np.unique(np.round(ratios, 3)), expected, rtol=1e-3)
+    with pytest.raises(ValueError, match="go together"):
+        masked.sample_times(jax.random.PRNGKey(0), 4, low_t_max=0.2)
+    with pytest.raises(ValueError, match="low_t_fraction=1.5"):
+        masked.time_importance_weights(t, low_t_max=0.2, low_t_fraction=1.5)
+
+
 def _numpy_nelbo(logits, x, u, t, eps):
     """MDLM NELBO per sequence with the log-linear schedule, written out in numpy."""
     alpha = 1.0 - (1.0 - eps) * t  # [B]

@@ -14,7 +14,11 @@ NELBO per sequence is then a weighted cross-entropy on the masked positions only
   NELBO(x) = E_{t ~ U[0,1]} [ -alpha'_t / (1 - alpha_t) * sum_{l : z_t^l = mask} -log p(x^l | z_t) ]
 
 Training draws t low-discrepancy ("antithetic"): one uniform u per batch, t_i = (u + i / B) mod 1,
-mapped into [t_min, 1] so the weight stays finite.
+mapped into [t_min, 1] so the weight stays finite. Optionally t is importance-sampled: a
+fraction `low_t_fraction` of the times falls in [t_min, low_t_max) (a piecewise-constant density
+q), and each estimate is multiplied by uniform(t) / q(t), so the NELBO estimate stays unbiased
+while more examples have few masks (all of a statement visible but a token or two: the contexts
+in which "the result given the operands" is learned).
 
 Ancestral sampling (MDLM eq. 7) over T steps t_i = i / T: a masked position at time t becomes
 token x at time s < t with probability (alpha_s - alpha_t) / (1 - alpha_t) * p(x | z_t) and stays
@@ -79,16 +83,60 @@ class MaskSchedule:
         return -self.alpha_derivative(t) / (1.0 - self.alpha(t))
 
 
+def check_time_proposal(
+    t_min: float, low_t_max: float | None, low_t_fraction: float | None
+) -> None:
+    """Clear errors for an importance-sampling proposal `sample_times` cannot draw from."""
+    if (low_t_max is None) != (low_t_fraction is None):
+        raise ValueError("low_t_max and low_t_fraction go together (both set or both None)")
+    if low_t_max is not None and not (t_min < low_t_max < 1.0 and 0.0 < low_t_fraction < 1.0):
+        raise ValueError(
+            f"low_t_max={low_t_max} must be in (t_min={t_min}, 1) and "
+            f"low_t_fraction={low_t_fraction} in (0, 1)"
+        )
+
+
 def sample_times(
-    rng: jax.Array, batch_size: int, t_min: float = DEFAULT_T_MIN, antithetic: bool = True
+    rng: jax.Array,
+    batch_size: int,
+    t_min: float = DEFAULT_T_MIN,
+    antithetic: bool = True,
+    low_t_max: float | None = None,
+    low_t_fraction: float | None = None,
 ) -> jax.Array:
-    """Training times [B] in [t_min, 1]: low-discrepancy (u + i/B) mod 1, or i.i.d. uniform."""
+    """Training times [B] in [t_min, 1]: low-discrepancy (u + i/B) mod 1, or i.i.d. uniform,
+    mapped through the inverse CDF of the proposal: uniform on [t_min, 1], or with
+    `low_t_fraction` of the mass spread evenly on [t_min, low_t_max) and the rest on
+    [low_t_max, 1] (weights: `time_importance_weights`)."""
+    check_time_proposal(t_min, low_t_max, low_t_fraction)
     if antithetic:
         u = jax.random.uniform(rng, ())
-        t = jnp.mod(u + jnp.arange(batch_size, dtype=jnp.float32) / batch_size, 1.0)
+        u = jnp.mod(u + jnp.arange(batch_size, dtype=jnp.float32) / batch_size, 1.0)
     else:
-        t = jax.random.uniform(rng, (batch_size,))
-    return t_min + (1.0 - t_min) * t
+        u = jax.random.uniform(rng, (batch_size,))
+    if low_t_max is None:
+        return t_min + (1.0 - t_min) * u
+    low = t_min + u / low_t_fraction * (low_t_max - t_min)
+    high = low_t_max + (u - low_t_fraction) / (1.0 - low_t_fraction) * (1.0 - low_t_max)
+    return jnp.where(u < low_t_fraction, low, high)
+
+
+def time_importance_weights(
+    t: jax.Array,
+    t_min: float = DEFAULT_T_MIN,
+    low_t_max: float | None = None,
+    low_t_fraction: float | None = None,
+) -> jax.Array:
+    """uniform(t) / q(t) [B] for times drawn by `sample_times` with the same arguments: 1 for
+    the uniform proposal; otherwise (low_t_max - t_min) / ((1 - t_min) f) below low_t_max and
+    (1 - low_t_max) / ((1 - t_min)(1 - f)) above, with f = low_t_fraction."""
+    check_time_proposal(t_min, low_t_max, low_t_fraction)
+    t = jnp.asarray(t, jnp.float32)
+    if low_t_max is None:
+        return jnp.ones_like(t)
+    low = (low_t_max - t_min) / (1.0 - t_min) / low_t_fraction
+    high = (1.0 - low_t_max) / (1.0 - t_min) / (1.0 - low_t_fraction)
+    return jnp.where(t < low_t_max, low, high)
 
 
 def q_sample(
@@ -154,16 +202,25 @@ def nelbo(
     *,
     t_min: float = DEFAULT_T_MIN,
     antithetic: bool = True,
+    low_t_max: float | None = None,
+    low_t_fraction: float | None = None,
 ) -> dict[str, jax.Array]:
     """One-sample NELBO of token arrays x [B, *S]: `{'nelbo': [B] nats per sequence,
-    'masked_fraction': [B]}`; the model sees z_t, t and y."""
+    'proposal_weighted': [B], 'masked_fraction': [B]}`; the model sees z_t, t and y.
+
+    With `low_t_max`/`low_t_fraction` the times are importance-sampled (`sample_times`) and
+    'nelbo' is reweighted by uniform(t) / q(t), unbiased; 'proposal_weighted' is the same
+    without that factor: a loss that puts the proposal's emphasis on small t (not a bound).
+    With the uniform proposal the two are equal."""
     t_rng, mask_rng = jax.random.split(rng)
-    t = sample_times(t_rng, x.shape[0], t_min, antithetic)
+    t = sample_times(t_rng, x.shape[0], t_min, antithetic, low_t_max, low_t_fraction)
     z_t = q_sample(x, t, schedule, mask_id, mask_rng)
     log_probs = subs_log_probs(model_fn(z_t, t, y), z_t, mask_id)
     masked = (z_t == mask_id).reshape(x.shape[0], -1)
+    terms = nelbo_terms(log_probs, x, z_t, t, schedule, mask_id)
     return {
-        "nelbo": nelbo_terms(log_probs, x, z_t, t, schedule, mask_id),
+        "nelbo": terms * time_importance_weights(t, t_min, low_t_max, low_t_fraction),
+        "proposal_weighted": terms,
         "masked_fraction": masked.mean(axis=-1, dtype=jnp.float32),
     }
 

@@ -13,6 +13,10 @@ has labels (classifier-free guidance at sampling, `sampling.cfg_scale`); time th
 unless `model.time_conditioned=False`, which makes cached sampling exact
 (`sampling.cache=True` is refused for a time-conditioned model).
 
+Training times: uniform (MDLM), or importance-sampled with more small t (`diffusion.low_t_max`,
+`diffusion.low_t_fraction`, `diffusion/masked.sample_times`), reweighted so the loss stays the
+NELBO unless `diffusion.importance_weighted=False`; evaluation always draws t uniformly.
+
 Metrics: the training loss is the NELBO in nats per token; evaluation reports the NELBO in bits
 per token (`nelbo_bits_per_token`, averaged over `diffusion.eval_draws` draws of t and masks
 with fixed keys), and for text with padding also per non-pad token
@@ -93,6 +97,12 @@ class MaskedDiffusionObjective:
         self.schedule = masked.MaskSchedule(diffusion.schedule, diffusion.eps)
         self.t_min = float(diffusion.t_min)
         self.antithetic = bool(diffusion.antithetic)
+        # Importance-sampled training times (None: uniform); evaluation always draws uniformly.
+        self.low_t_max = diffusion.get("low_t_max")
+        self.low_t_fraction = diffusion.get("low_t_fraction")
+        masked.check_time_proposal(self.t_min, self.low_t_max, self.low_t_fraction)
+        # False: train on the proposal-weighted loss (more weight on small t, not the NELBO).
+        self.importance_weighted = bool(diffusion.get("importance_weighted", True))
         self.eval_draws = int(diffusion.eval_draws)
         self.sampling = config.sampling
         self.check_sampling_request(None, float(config.sampling.cfg_scale))
@@ -134,6 +144,7 @@ class MaskedDiffusionObjective:
     def _nelbo(self, params, model_state, batch, rng, train: bool) -> dict[str, jax.Array]:
         x = self.tokens_of(model_state, batch)  # [B, *token_shape]
         diffusion_rng, dropout_rng = jax.random.split(rng)
+        proposal = (self.low_t_max, self.low_t_fraction) if train else (None, None)
         return masked.nelbo(
             self._model_fn(params, train, dropout_rng if train else None),
             x,
@@ -143,6 +154,8 @@ class MaskedDiffusionObjective:
             self._labels(batch),
             t_min=self.t_min,
             antithetic=self.antithetic,
+            low_t_max=proposal[0],
+            low_t_fraction=proposal[1],
         )
 
     def loss(self, params, model_state, batch: Batch, rng: jax.Array):
@@ -152,6 +165,8 @@ class MaskedDiffusionObjective:
             "nelbo_bits_per_token": jnp.mean(per_token) / math.log(2.0),
             "masked_fraction": jnp.mean(terms["masked_fraction"]),
         }
+        if not self.importance_weighted:
+            per_token = terms["proposal_weighted"] / math.prod(self.token_shape)
         return jnp.mean(per_token), (model_state, metrics)
 
     def post_update(self, params, model_state):
