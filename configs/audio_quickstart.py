@@ -42,13 +42,19 @@ def get_config(arg: str | None = None):
     generator.model.patch_size = 4  # 100 latent frames -> 25 tokens
     generator.sampling.grid_per_class = 2
     generator.training.num_visualize = 12
+    # Min-SNR-5 weighting (Hang et al. 2023) down-weights the nearly noiseless timesteps, which
+    # the uniform epsilon MSE weighs as much as the rest. On the same tokenizer it took the
+    # pitch accuracy of the samples after 3000 steps from 36 % to 61 %, and to 73 % after 6000
+    # (the uniform weighting: 58 % after 3000 + 3000, 68 % after 12000). A cosine noise schedule
+    # on top of it changed nothing (73 % after 6000).
+    generator.diffusion.min_snr_gamma = 5.0
     if not args.runlocal:
-        # Pitch accuracy of the samples grew from 13 % after 1200 steps to 36 % after 3000: the
-        # generator is undertrained at this size, and the steps are the recipe's main cost.
+        # Still undertrained: most wrong notes are a semitone off (the median note is 25 cents
+        # from its target against 8 cents through the tokenizer), and the steps are the cost.
         generator.training.global_batch_size = 32
-        generator.training.total_steps = 3000
-        generator.training.eval_every = 1500
-        generator.training.checkpoint_every = 1500
+        generator.training.total_steps = 6000
+        generator.training.eval_every = 3000
+        generator.training.checkpoint_every = 3000
     config.stages.generator = generator
     for name in config.stage_order:
         config.stages[name].name = name
