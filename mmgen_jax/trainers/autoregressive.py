@@ -34,10 +34,9 @@ import ml_collections
 import numpy as np
 
 from mmgen_jax.data import text as text_data
-from mmgen_jax.metrics import present
 from mmgen_jax.models.token_dit import TokenDiT
-from mmgen_jax.sharding import host_array
 from mmgen_jax.trainers import generator as generator_lib
+from mmgen_jax.trainers import masked as masked_lib
 from mmgen_jax.trainers.objective import Batch
 from mmgen_jax.trainers.state import compute_dtype
 
@@ -212,21 +211,10 @@ class AutoregressiveObjective:
         return sums
 
     def finalize_eval(self, sums: dict[str, np.ndarray]) -> dict[str, float]:
-        nats = float(sums["nelbo_nats"])
-        tokens = float(sums["count"]) * self.token_shape[0]
-        metrics = {"nelbo_bits_per_token": nats / tokens / math.log(2.0)}
-        if "text_tokens" in sums and float(sums["text_tokens"]) > 0:
-            metrics["nelbo_bits_per_text_token"] = nats / float(sums["text_tokens"]) / math.log(2.0)
-        return metrics
+        return masked_lib.bits_per_token(sums, self.token_shape[0])
 
     def visualize(self, params, model_state, batch: Batch) -> dict[str, Any]:
-        per_class = int(self.sampling.grid_per_class)
-        labels = np.repeat(np.arange(self.num_classes), per_class) if self.num_classes else None
-        count = len(labels) if labels is not None else per_class
-        samples = host_array(
-            self.sample(params, model_state, labels, jax.random.PRNGKey(0), num_samples=count)
-        )
-        return {"samples": present.present(samples, per_class, self.info)}
+        return masked_lib.visualize_token_samples(self, params, model_state)
 
     # -- sampling -------------------------------------------------------------------------------
 

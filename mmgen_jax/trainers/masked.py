@@ -49,6 +49,31 @@ SPACES = ("tokens", "latent")
 SAMPLERS = ("ancestral",)
 
 
+def bits_per_token(sums: dict[str, np.ndarray], tokens_per_example: int) -> dict[str, float]:
+    """Summed negative log-likelihood bounds (`nelbo_nats` over `count` examples, optionally
+    `text_tokens` that are not padding) -> bits per token and per text token. Shared by the
+    masked (NELBO) and autoregressive (exact NLL) token objectives, so their figures compare."""
+    nats = float(sums["nelbo_nats"])
+    tokens = float(sums["count"]) * tokens_per_example
+    metrics = {"nelbo_bits_per_token": nats / tokens / math.log(2.0)}
+    if "text_tokens" in sums and float(sums["text_tokens"]) > 0:
+        metrics["nelbo_bits_per_text_token"] = nats / float(sums["text_tokens"]) / math.log(2.0)
+    return metrics
+
+
+def visualize_token_samples(objective, params, model_state) -> dict[str, Any]:
+    """`grid_per_class` samples of every class (or of the unconditional model) from a token
+    objective's `sample`, presented for the writers (decoded text, or pictures of VQ grids)."""
+    per_class = int(objective.sampling.grid_per_class)
+    num_classes = objective.num_classes
+    labels = np.repeat(np.arange(num_classes), per_class) if num_classes else None
+    count = len(labels) if labels is not None else per_class
+    samples = host_array(
+        objective.sample(params, model_state, labels, jax.random.PRNGKey(0), num_samples=count)
+    )
+    return {"samples": present.present(samples, per_class, objective.info)}
+
+
 class MaskedDiffusionObjective:
     """Trains a `TokenDiT` with the masked-diffusion NELBO on text tokens or VQ index grids."""
 
@@ -187,21 +212,10 @@ class MaskedDiffusionObjective:
         return sums
 
     def finalize_eval(self, sums: dict[str, np.ndarray]) -> dict[str, float]:
-        nats = float(sums["nelbo_nats"])
-        tokens = float(sums["count"]) * math.prod(self.token_shape)
-        metrics = {"nelbo_bits_per_token": nats / tokens / math.log(2.0)}
-        if "text_tokens" in sums and float(sums["text_tokens"]) > 0:
-            metrics["nelbo_bits_per_text_token"] = nats / float(sums["text_tokens"]) / math.log(2.0)
-        return metrics
+        return bits_per_token(sums, math.prod(self.token_shape))
 
     def visualize(self, params, model_state, batch: Batch) -> dict[str, Any]:
-        per_class = int(self.sampling.grid_per_class)
-        labels = np.repeat(np.arange(self.num_classes), per_class) if self.num_classes else None
-        count = len(labels) if labels is not None else per_class
-        samples = host_array(
-            self.sample(params, model_state, labels, jax.random.PRNGKey(0), num_samples=count)
-        )
-        return {"samples": present.present(samples, per_class, self.info)}
+        return visualize_token_samples(self, params, model_state)
 
     # -- sampling -------------------------------------------------------------------------------
 
