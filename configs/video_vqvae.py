@@ -56,6 +56,7 @@ def get_config(arg: str | None = None):
         patch_size=(1, 4, 4) if small else (1, 2, 2),
         channels=(32, 64) if small else (128, 256, 256),
         strides=((2, 1, 1),) if small else ((1, 2, 2), (2, 2, 2)),
+        kernel_size=(3, 3, 3),  # (1, 3, 3): a per-frame tokenizer
         num_res_blocks=1 if small else 2,
         latent_dim=32 if small else 256,
         num_groups=8 if small else 32,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mmgen_jax.models import quantizers
-from mmgen_jax.models.layers import ResBlock
+from mmgen_jax.models.layers import ResBlock, conv
 from mmgen_jax.models.vqvae import VQVAE, Decoder, Encoder, total_downsampling
 
 
@@ -55,6 +55,60 @@ def test_per_axis_strides_keep_time_resolution():
     assert out.indices.shape == (1, 4, 4, 4)
     assert recon.shape == x.shape
     assert total_downsampling([(1, 2, 2), 2], 3) == (2, 4, 4)
+
+
+def test_conv_with_unit_leading_kernel_is_the_per_frame_conv():
+    """A (1, 3, 3) video conv runs as a 2-D conv over frames folded into the batch: it must
+    equal the 3-D convolution with that kernel, and its stride applies to the trailing axes."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 3, 6, 6, 4)).astype(np.float32)
+    layer = conv(5, 3, (1, 3, 3), (1, 2, 2))
+    variables = nn.unbox(layer.init(jax.random.PRNGKey(0), x))
+    kernel = np.asarray(variables["params"]["kernel"])
+    assert kernel.shape == (3, 3, 4, 5)  # the unit axis is not stored
+    bias = rng.normal(size=5).astype(np.float32)
+    variables = {"params": {"kernel": kernel, "bias": bias}}
+    got = np.asarray(layer.apply(variables, x))
+    want = jax.lax.conv_general_dilated(
+        x, kernel[None], (1, 2, 2), "SAME", dimension_numbers=("NDHWC", "DHWIO", "NDHWC")
+    )
+    np.testing.assert_allclose(got, np.asarray(want) + bias, rtol=1e-5, atol=1e-5)
+    assert got.shape == (2, 3, 3, 3, 5)
+
+    # A kernel of 1 along a trailing axis (or a stride there) keeps the full-rank kernel.
+    def kernel_shape(layer):
+        return nn.unbox(layer.init(jax.random.PRNGKey(0), x))["params"]["kernel"].shape
+
+    assert kernel_shape(conv(5, 3, (3, 1, 3))) == (3, 1, 3, 4, 5)
+    assert kernel_shape(conv(5, 3, (1, 3, 3), (2, 1, 1))) == (1, 3, 3, 4, 5)
+    with pytest.raises(ValueError, match=r"kernel \(1, 3\) and stride \(1, 1, 1\) need 3 axes"):
+        conv(5, 3, (1, 3))
+
+
+def test_per_frame_vqvae_never_mixes_frames():
+    """With kernel_size (1, 3, 3) and no temporal stride every conv is 2-D over frames, and
+    permuting a clip's frames permutes its reconstruction's frames (GroupNorm's statistics span
+    the clip but are permutation invariant); a conv mixing neighbouring frames breaks this."""
+    kernel = (1, 3, 3)
+    model = VQVAE(
+        Encoder((8,), (), 1, 12, num_groups=1, kernel_size=kernel),
+        Decoder((8,), (), 1, 1, num_groups=1, kernel_size=kernel),
+        QUANTIZERS["fsq"](),
+    )
+    x = np.random.default_rng(0).uniform(-1, 1, size=(1, 4, 8, 8, 1)).astype(np.float32)
+    variables = nn.unbox(model.init({"params": jax.random.PRNGKey(0)}, x))
+    flat = jax.tree_util.tree_flatten_with_path(variables["params"])[0]
+    convs = {
+        jax.tree_util.keystr(path): v.shape[:-2]
+        for path, v in flat
+        if "kernel" in jax.tree_util.keystr(path) and "quantizer" not in jax.tree_util.keystr(path)
+    }
+    # Every 3x3 conv is 2-D over frames; the 1x1 projection keeps its full-rank shape.
+    assert sorted(convs.values()) == [(1, 1, 1)] + [(3, 3)] * 7, convs
+    perm = np.array([2, 0, 3, 1])
+    recon, _ = model.apply(variables, x)
+    recon_perm, _ = model.apply(variables, x[:, perm])
+    np.testing.assert_allclose(np.asarray(recon_perm), np.asarray(recon)[:, perm], atol=1e-5)
 
 
 def test_input_not_divisible_by_downsampling_is_a_clear_error():

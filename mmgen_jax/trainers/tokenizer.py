@@ -64,6 +64,8 @@ def build_vqvae(config: ml_collections.ConfigDict, out_channels: int) -> VQVAE:
     remat = bool(model.get("remat", False))
     patch = model.get("patch_size", 1)  # space-to-depth before the stem (e.g. audio samples)
     patch = patch if isinstance(patch, int) else tuple(patch)
+    kernel = model.get("kernel_size", 3)  # an int or per axis, e.g. (1, 3, 3): per-frame video
+    kernel = kernel if isinstance(kernel, int) else tuple(kernel)
     encoder = Encoder(
         channels,
         strides,
@@ -73,6 +75,7 @@ def build_vqvae(config: ml_collections.ConfigDict, out_channels: int) -> VQVAE:
         dtype,
         remat,
         patch,
+        kernel,
     )
     decoder = Decoder(
         channels,
@@ -83,6 +86,7 @@ def build_vqvae(config: ml_collections.ConfigDict, out_channels: int) -> VQVAE:
         dtype,
         remat,
         patch,
+        kernel,
     )
     quantizer = build_quantizer(config.quantizer, model.latent_dim).clone(dtype=dtype)
     return VQVAE(encoder, decoder, quantizer)
