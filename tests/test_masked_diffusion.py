@@ -224,6 +224,46 @@ def test_sampler_draws_each_position_from_the_denoiser(kind):
     assert frequencies[MASK] == 0.0
 
 
+def test_confidence_order_reveals_the_most_confident_positions_on_schedule():
+    """Position j of a sequence has one token of probability q_j (the rest spread evenly);
+    the confidence sampler at a low temperature must reveal, per step, exactly the number of
+    positions the forward process unmasks, in order of q_j, and draw their likely token."""
+    num_positions, steps = 6, 3
+    q = np.array([0.3, 0.9, 0.5, 0.99, 0.4, 0.7])  # confidence order: 3, 1, 5, 2, 4, 0
+    probs = np.full((num_positions, VOCAB), 0.0)
+    for j, qj in enumerate(q):
+        probs[j] = (1 - qj) / (VOCAB - 1)
+        probs[j, j % VOCAB] = qj
+    logits = jnp.log(jnp.asarray(np.concatenate([probs, np.ones((num_positions, 1))], -1)))
+    seen = []
+
+    def model_fn(z, t, y):
+        jax.debug.callback(lambda z: seen.append(np.asarray(z)), z)
+        return jnp.broadcast_to(logits, (*z.shape, VOCAB + 1)).astype(jnp.float32)
+
+    tokens, calls = masked.ancestral_sample(
+        model_fn,
+        masked.MaskSchedule(),
+        (2, num_positions),
+        MASK,
+        steps,
+        jax.random.PRNGKey(0),
+        time_conditioned=False,
+        temperature=0.01,
+        order="confidence",
+    )
+    # Log-linear schedule, eps=1e-3: after step i, round(6 (1 - alpha_s) / (1 - alpha_1)) =
+    # 4, 2, 0 positions stay masked, so 2 are revealed per step, the most confident first.
+    revealed = [np.flatnonzero(z[0] != MASK) for z in seen] + [np.arange(num_positions)]
+    assert [sorted(r.tolist()) for r in revealed] == [[], [1, 3], [1, 2, 3, 5], list(range(6))]
+    np.testing.assert_array_equal(np.asarray(tokens), np.tile(np.arange(6) % VOCAB, (2, 1)))
+    assert int(calls) == steps
+    with pytest.raises(ValueError, match="order='left' is not one of"):
+        masked.ancestral_sample(
+            model_fn, masked.MaskSchedule(), (1, 4), MASK, 2, jax.random.PRNGKey(0), order="left"
+        )
+
+
 @pytest.mark.parametrize(
     "shape, time_conditioned",
     [((2, 3, 4), False), pytest.param((2, 6), True, marks=pytest.mark.slow)],

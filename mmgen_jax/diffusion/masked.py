@@ -27,6 +27,15 @@ no mask survives. When no token of the batch changed in a step, the next model c
 the same z_t; if the denoiser ignores t (`time_conditioned=False`, MDLM's observation) its output
 is the same too and the sampler reuses it (caching: exact, fewer calls). With a time-conditioned
 denoiser the output depends on t and caching would change the samples, so it is refused.
+
+Confidence order (`order='confidence'`; MaskGIT, Chang et al. 2022; LLaDA's "low-confidence
+remasking", Nie et al. 2025): every step draws a token for each masked position from p(x | z_t)
+as above, then keeps only the most confident draws (highest model probability of the drawn
+token, before any temperature) so that round(N (1 - alpha_s) / (1 - alpha_1)) of the N
+positions stay masked, the number the forward process leaves at s. The model, not chance,
+chooses the order in which positions are filled (e.g. operands before the result they
+determine); it is a different sampler, not MDLM's: samples are biased toward the model's
+confident choices.
 """
 
 from __future__ import annotations
@@ -40,6 +49,7 @@ import jax
 import jax.numpy as jnp
 
 SCHEDULES = ("loglinear", "cosine")
+ORDERS = ("random", "confidence")  # the order in which sampling reveals masked positions
 DEFAULT_EPS = 1e-3  # alpha_1 = eps: MDLM's log-linear noise with eps = 1e-3
 DEFAULT_T_MIN = 1e-3  # training times lie in [t_min, 1]; the weight ~ 1/t stays bounded
 
@@ -269,8 +279,12 @@ def ancestral_sample(
     time_conditioned: bool = True,
     cache: bool = False,
     temperature: float = 1.0,
+    order: str = "random",
 ) -> tuple[jax.Array, jax.Array]:
     """MDLM ancestral sampling from all-mask over `num_steps` steps (one `lax.scan`).
+
+    `order='random'` is MDLM's sampler (each masked position is revealed independently);
+    `order='confidence'` reveals the most confident draws first (module docstring).
 
     Returns (tokens [*shape] int32 without any mask id, number of denoiser calls (int32)).
 
@@ -289,7 +303,10 @@ def ancestral_sample(
         )
     if temperature <= 0:
         raise ValueError(f"temperature={temperature} must be > 0")
+    if order not in ORDERS:
+        raise ValueError(f"order={order!r} is not one of {ORDERS}")
     batch = shape[0]
+    num_positions = math.prod(shape[1:])
     z = jnp.full(shape, mask_id, jnp.int32)
 
     def denoise(z_t, t_now):
@@ -310,9 +327,21 @@ def ancestral_sample(
         stay = jnp.log1p(-alpha_s) - jnp.log1p(-alpha_t)  # log P(stay masked); -inf at s=0
         ids = jnp.arange(log_probs.shape[-1])
         tokens = jax.nn.log_softmax(log_probs / temperature, axis=-1)  # mask id stays at -inf
-        choice = jnp.where(ids == mask_id, stay, unmask + tokens)
-        draw = jax.random.categorical(jax.random.fold_in(rng, index), choice, axis=-1)
-        z_next = jnp.where(z_t == mask_id, draw.astype(jnp.int32), z_t)
+        key = jax.random.fold_in(rng, index)
+        if order == "random":
+            choice = jnp.where(ids == mask_id, stay, unmask + tokens)
+            draw = jax.random.categorical(key, choice, axis=-1)
+            z_next = jnp.where(z_t == mask_id, draw.astype(jnp.int32), z_t)
+        else:
+            draw = jax.random.categorical(key, tokens, axis=-1).astype(jnp.int32)
+            reveal = _most_confident(
+                jnp.take_along_axis(log_probs, draw[..., None], axis=-1)[..., 0],
+                z_t == mask_id,
+                keep_masked=jnp.round(
+                    num_positions * (1 - alpha_s) / (1 - schedule.alpha(jnp.float32(1.0)))
+                ).astype(jnp.int32),
+            )
+            z_next = jnp.where(reveal, draw, z_t)
         changed = jnp.any(z_next != z_t)
         return (z_next, log_probs, changed, calls), None
 
@@ -324,3 +353,14 @@ def ancestral_sample(
     )
     (z, _, _, calls), _ = jax.lax.scan(step, init, jnp.arange(num_steps))
     return z, calls
+
+
+def _most_confident(confidence: jax.Array, masked: jax.Array, keep_masked: jax.Array) -> jax.Array:
+    """[B, *S] bool: per example, the masked positions to reveal so that `keep_masked` stay
+    masked, the ones with the highest `confidence` first (ties: the lower position)."""
+    flat_conf = jnp.where(masked, confidence, -jnp.inf).reshape(masked.shape[0], -1)
+    flat_masked = masked.reshape(masked.shape[0], -1)
+    reveal_count = jnp.maximum(jnp.sum(flat_masked, axis=-1) - keep_masked, 0)  # [B]
+    rank = jnp.argsort(jnp.argsort(-flat_conf, axis=-1, stable=True), axis=-1, stable=True)
+    reveal = flat_masked & (rank < reveal_count[:, None])
+    return reveal.reshape(masked.shape)

@@ -46,7 +46,8 @@ from mmgen_jax.trainers.objective import Batch
 from mmgen_jax.trainers.state import compute_dtype
 
 SPACES = ("tokens", "latent")
-SAMPLERS = ("ancestral",)
+# 'ancestral': MDLM (positions revealed at random); 'confidence': the most confident draws first
+SAMPLERS = ("ancestral", "confidence")
 
 
 def bits_per_token(sums: dict[str, np.ndarray], tokens_per_example: int) -> dict[str, float]:
@@ -295,7 +296,6 @@ class MaskedDiffusionObjective:
         cache,
         temperature,
     ):
-        del sampler  # only 'ancestral'
         tokens, calls = masked.ancestral_sample(
             self._model_fn(params),
             self.schedule,
@@ -309,6 +309,7 @@ class MaskedDiffusionObjective:
             time_conditioned=self.time_conditioned,
             cache=cache,
             temperature=temperature,
+            order="confidence" if sampler == "confidence" else "random",
         )
         if self.space == "tokens":
             return tokens, calls
