@@ -43,9 +43,9 @@ def conv(
 
     Given per axis, leading axes with kernel 1 and stride 1 (e.g. `(1, 3, 3)` on video: a
     per-frame conv) are left out of the kernel, so Flax folds them into the batch and runs a
-    lower-rank convolution: the same function, and on XLA:CPU a 2-D convolution is 2-5x faster
-    per FLOP than a 3-D one (experiments/bench_conv.py). An int kernel always makes a full-rank
-    kernel (so 1x1 convs keep their parameter shape).
+    lower-rank convolution: the same function, and on XLA:CPU a 2-D convolution does 1.6-3x
+    more FLOP/s than the 3-D one with the same kernel (experiments/bench_conv.py). An int
+    kernel always makes a full-rank kernel (so 1x1 convs keep their parameter shape).
     """
     per_axis = not isinstance(kernel, int)
     kernel = tuple(int(k) for k in kernel) if per_axis else (kernel,) * ndim
