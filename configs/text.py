@@ -66,7 +66,9 @@ def get_config(arg: str | None = None):
         class_dropout_prob=0.1,
     )
     config.sampling = dict(
-        sampler="ancestral",  # autoregressive: token by token, one step per token
+        # Masked: 'ancestral' (MDLM, positions revealed at random) or 'confidence' (the most
+        # confident draws first). Autoregressive: 'ancestral', token by token.
+        sampler="ancestral",
         cfg_scale=1.0,
         temperature=1.0,
         grid_per_class=32,  # samples written at each evaluation
