@@ -182,7 +182,7 @@ def test_tokenizer_reports_mean_of_per_frame_psnr_and_ssim(monkeypatch):
     recon = np.clip(x + noise_scale * rng.normal(size=x.shape), -1, 1).astype(np.float32)
 
     def fake_apply(params, model_state, inputs, *, train):
-        quantized = type("Q", (), {"indices": jnp.zeros((3, 1, 4, 4), jnp.int32)})
+        quantized = type("Q", (), {"indices": jnp.zeros((3, 2, 4, 4), jnp.int32)})
         return (jnp.asarray(recon), quantized), model_state
 
     monkeypatch.setattr(objective, "_apply", fake_apply)
@@ -197,7 +197,8 @@ def test_tokenizer_reports_mean_of_per_frame_psnr_and_ssim(monkeypatch):
     assert metrics["frame_ssim"] == pytest.approx(np.mean(frame_ssim), rel=1e-4)
     # Mean of per-frame PSNR differs from the clip PSNR when frames differ in quality.
     assert metrics["psnr"] < metrics["frame_psnr"] - 1.0
-    assert metrics["bits_per_example"] == 1 * 4 * 4 * np.log2(config.quantizer.num_codes)
+    # Per-frame tokenizer: 2 frames of 16x16 -> a 2x4x4 code grid.
+    assert metrics["bits_per_example"] == 2 * 4 * 4 * np.log2(config.quantizer.num_codes)
 
 
 # --- locator and motion statistics ----------------------------------------------------------------
