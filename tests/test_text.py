@@ -150,3 +150,22 @@ def test_text_quickstart_runlocal(tmp_path, data_dir):
         settings = json.load(f)
     assert 1 <= settings["model_calls"] <= settings["steps"]
     assert os.path.exists(tmp_path / "generator" / "images")
+    # The confidence sampler through the trained objective: complete sequences, no mask left.
+    import jax
+
+    from mmgen_jax import inference
+
+    run = inference.load_trained(str(tmp_path / "generator"))
+    variables = dict(run.variables)
+    params = variables.pop("params")
+    tokens = np.asarray(
+        run.objective.sample(
+            params, variables, None, jax.random.PRNGKey(0), num_samples=4, sampler="confidence"
+        )
+    )
+    assert tokens.shape == (4, run.info["seq_len"])
+    assert 0 <= tokens.min() and tokens.max() < run.objective.mask_id
+    with pytest.raises(ValueError, match="sampler='ddim' is not one of"):
+        run.objective.sample(
+            params, variables, None, jax.random.PRNGKey(0), num_samples=4, sampler="ddim"
+        )
