@@ -109,17 +109,23 @@ class AudioLayout:
             audio = tf.reduce_mean(audio, axis=-1, keepdims=True)
         audio = audio[: self.num_samples]
         length = tf.shape(audio)[0]
+        checks = []
         if self.short_clips == "error":
-            tf.debugging.assert_equal(
-                length,
-                self.num_samples,
-                message=(
-                    f"audio clip shorter than data.num_samples={self.num_samples} with "
-                    "data.short_clips='error'"
-                ),
+            checks.append(
+                tf.debugging.assert_equal(
+                    length,
+                    self.num_samples,
+                    message=(
+                        f"audio clip shorter than data.num_samples={self.num_samples} with "
+                        "data.short_clips='error'"
+                    ),
+                )
             )
         else:
             audio = tf.pad(audio, [[0, self.num_samples - length], [0, 0]])
+        # The check runs before the shape assertion, whose error would not say what is wrong.
+        with tf.control_dependencies(checks):
+            audio = tf.identity(audio)
         outputs = {"image": tf.ensure_shape(audio, self.output_shape)}
         if self.label_key is not None:
             outputs["label"] = tf.cast(_nested_value(example, self.label_key), tf.int32)

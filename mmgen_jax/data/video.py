@@ -93,19 +93,25 @@ class VideoLayout:
     def _fix_length(self, encoded: tf.Tensor) -> tf.Tensor:
         """First `num_frames` entries; shorter clips are padded with their last frame or fail."""
         length = tf.shape(encoded)[0]
+        checks = []
         if self.pad_short_clips:
             last = tf.repeat(encoded[-1:], tf.maximum(self.num_frames - length, 0))
             encoded = tf.concat([encoded, last], axis=0)
         else:
-            tf.debugging.assert_greater_equal(
-                length,
-                self.num_frames,
-                message=(
-                    f"a clip of {self.video_key!r} is shorter than data.num_frames="
-                    f"{self.num_frames}; set data.short_clips='pad' to repeat its last frame"
-                ),
+            checks.append(
+                tf.debugging.assert_greater_equal(
+                    length,
+                    self.num_frames,
+                    message=(
+                        f"a clip of {self.video_key!r} is shorter than data.num_frames="
+                        f"{self.num_frames}; set data.short_clips='pad' to repeat its last frame"
+                    ),
+                )
             )
-        return tf.ensure_shape(encoded[: self.num_frames], (self.num_frames,))
+        # The check runs before the shape assertion, whose error would not say what is wrong.
+        with tf.control_dependencies(checks):
+            encoded = tf.identity(encoded[: self.num_frames])
+        return tf.ensure_shape(encoded, (self.num_frames,))
 
     def extra_info(self) -> dict[str, Any]:
         return {"fps": self.fps}
