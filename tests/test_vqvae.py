@@ -111,6 +111,16 @@ def test_per_frame_vqvae_never_mixes_frames():
     np.testing.assert_allclose(np.asarray(recon_perm), np.asarray(recon)[:, perm], atol=1e-5)
 
 
+def test_kernel_size_of_the_wrong_rank_is_named_in_the_error():
+    model = VQVAE(
+        Encoder((8,), (), 1, 12, num_groups=4, kernel_size=(1, 3)),
+        Decoder((8,), (), 1, 1, num_groups=4, kernel_size=(1, 3)),
+        QUANTIZERS["fsq"](),
+    )
+    with pytest.raises(ValueError, match=r"kernel_size \(1, 3\) has 2 axes, the input has 3"):
+        model.init({"params": jax.random.PRNGKey(0)}, np.zeros((1, 2, 8, 8, 1), np.float32))
+
+
 def test_input_not_divisible_by_downsampling_is_a_clear_error():
     model = _model(QUANTIZERS["fsq"](), 1, strides=(2,))
     with pytest.raises(ValueError, match=r"not divisible by the total downsampling factor 2"):

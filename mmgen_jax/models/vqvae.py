@@ -27,19 +27,20 @@ from mmgen_jax.models.quantizers import QuantizerOutput
 Stride = int | Sequence[int]
 
 
-def _axis_strides(stride: Stride, ndim: int) -> tuple[int, ...]:
-    if isinstance(stride, int):
-        return (stride,) * ndim
-    if len(stride) != ndim:
-        raise ValueError(f"stride {tuple(stride)} has {len(stride)} axes, the input has {ndim}")
-    return tuple(int(s) for s in stride)
+def _per_axis(value: Stride, ndim: int, what: str = "stride") -> tuple[int, ...]:
+    """An int or per-axis `what` (stride, patch size, kernel size) as one int per axis."""
+    if isinstance(value, int):
+        return (value,) * ndim
+    if len(value) != ndim:
+        raise ValueError(f"{what} {tuple(value)} has {len(value)} axes, the input has {ndim}")
+    return tuple(int(v) for v in value)
 
 
 def total_downsampling(strides: Sequence[Stride], ndim: int) -> tuple[int, ...]:
     """Per-axis product of the level strides: how much smaller the latent grid is."""
     factor = np.ones(ndim, dtype=int)
     for stride in strides:
-        factor *= np.asarray(_axis_strides(stride, ndim))
+        factor *= np.asarray(_per_axis(stride, ndim))
     return tuple(int(f) for f in factor)
 
 
@@ -100,10 +101,10 @@ class Encoder(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:  # [B, *S, C] -> [B, *S/f, latent_dim]
         ndim = spatial_ndim(x)
-        patch = _axis_strides(self.patch_size, ndim)
+        patch = _per_axis(self.patch_size, ndim, "patch_size")
         if patch != (1,) * ndim:
             x = space_to_depth(x, patch)  # [B, *S/p, prod(p) * C]
-        kernel = _axis_strides(self.kernel_size, ndim)
+        kernel = _per_axis(self.kernel_size, ndim, "kernel_size")
         h = conv(self.channels[0], ndim, kernel, dtype=self.dtype, name="stem")(
             x.astype(self.dtype)
         )
@@ -115,7 +116,7 @@ class Encoder(nn.Module):
                 )(h)
                 blocks += 1
             if level < len(self.strides):
-                stride = _axis_strides(self.strides[level], ndim)
+                stride = _per_axis(self.strides[level], ndim)
                 h = conv(
                     self.channels[level + 1],
                     ndim,
@@ -147,7 +148,7 @@ class Decoder(nn.Module):
     @nn.compact
     def __call__(self, z: jnp.ndarray) -> jnp.ndarray:  # [B, *S/f, D] -> [B, *S, out_channels]
         ndim = spatial_ndim(z)
-        kernel = _axis_strides(self.kernel_size, ndim)
+        kernel = _per_axis(self.kernel_size, ndim, "kernel_size")
         h = conv(self.channels[-1], ndim, kernel, dtype=self.dtype, name="from_latent")(
             z.astype(self.dtype)
         )
@@ -163,7 +164,7 @@ class Decoder(nn.Module):
                 )(h)
                 blocks += 1
             if level > 0:
-                stride = _axis_strides(self.strides[level - 1], ndim)
+                stride = _per_axis(self.strides[level - 1], ndim)
                 for axis, factor in enumerate(stride):
                     h = jnp.repeat(h, factor, axis=axis + 1)
                 h = conv(
@@ -171,7 +172,7 @@ class Decoder(nn.Module):
                 )(h)
                 h = constrain_activation(h)
         h = group_norm(h.shape[-1], self.num_groups, self.dtype)(h)
-        patch = _axis_strides(self.patch_size, ndim)
+        patch = _per_axis(self.patch_size, ndim, "patch_size")
         patch_volume = int(np.prod(patch))
         out = conv(
             self.out_channels * patch_volume, ndim, kernel, dtype=self.dtype, name="to_signal"
