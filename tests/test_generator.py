@@ -67,6 +67,8 @@ def test_sampling_rejects_out_of_range_labels_and_guided_unconditional(pixel_dir
     run = inference.load_trained(pixel_dir)
     with pytest.raises(ValueError, match="label 10 is outside the class range"):
         run.objective.check_sampling_request(np.array([1, 10]), 2.0)
+    with pytest.raises(ValueError, match="2 labels for num_samples=3"):
+        run.objective.check_sampling_request(np.array([1, 2]), 2.0, num_samples=3)
     config = _config("dit", "runlocal=True", data_dir)
     config.generator.class_conditional = False
     config.sampling.cfg_scale = 2.0

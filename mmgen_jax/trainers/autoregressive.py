@@ -250,9 +250,9 @@ class AutoregressiveObjective:
             raise ValueError(f"temperature={settings['temperature']} must be > 0")
         return settings
 
-    def check_sampling_request(self, labels, cfg_scale: float) -> None:
-        """Clear errors for labels out of range or guidance without conditioning."""
-        generator_lib.check_sampling_request(labels, cfg_scale, self.num_classes)
+    def check_sampling_request(self, labels, cfg_scale: float, num_samples=None) -> None:
+        """Clear errors for bad labels (range, count) or guidance without conditioning."""
+        generator_lib.check_sampling_request(labels, cfg_scale, self.num_classes, num_samples)
 
     def sample(
         self,
@@ -268,9 +268,7 @@ class AutoregressiveObjective:
         number of model calls is left in `self.last_num_calls`."""
         del model_state  # nothing frozen beside the parameters
         settings = self.sampling_settings(**settings)
-        self.check_sampling_request(labels, settings["cfg_scale"])
-        if labels is not None and len(labels) != num_samples:
-            raise ValueError(f"{len(labels)} labels for num_samples={num_samples}")
+        self.check_sampling_request(labels, settings["cfg_scale"], num_samples)
         key = (*settings.values(), num_samples)
         if key not in self._samplers:
             self._samplers[key] = jax.jit(

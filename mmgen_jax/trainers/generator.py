@@ -68,13 +68,18 @@ def sampling_diffusion(diffusion: GaussianDiffusion, sampler: str, steps: int):
     return diffusion.respace(space_timesteps(diffusion.num_timesteps, spacing))
 
 
-def check_sampling_request(labels, cfg_scale: float, num_classes: int) -> None:
-    """Clear errors for labels out of range or guidance without conditioning (any generator
-    with `num_classes` classes, 0 = unconditional)."""
+def check_sampling_request(
+    labels, cfg_scale: float, num_classes: int, num_samples: int | None = None
+) -> None:
+    """Clear errors for labels out of range, a label count other than `num_samples` (when
+    given) or guidance without conditioning (any generator with `num_classes` classes,
+    0 = unconditional)."""
     if labels is not None:
         labels = np.asarray(labels)
         if not num_classes:
             raise ValueError("labels were given but the generator is unconditional")
+        if num_samples is not None and len(labels) != num_samples:
+            raise ValueError(f"{len(labels)} labels for num_samples={num_samples}")
         bad = labels[(labels < 0) | (labels >= num_classes)]
         if bad.size:
             raise ValueError(f"label {int(bad[0])} is outside the class range [0, {num_classes})")
@@ -309,9 +314,9 @@ class GeneratorObjective:
             cfg_channels=cfg_channels,
         )
 
-    def check_sampling_request(self, labels, cfg_scale: float) -> None:
-        """Clear errors for labels out of range or guidance without conditioning."""
-        check_sampling_request(labels, cfg_scale, self.num_classes)
+    def check_sampling_request(self, labels, cfg_scale: float, num_samples=None) -> None:
+        """Clear errors for bad labels (range, count) or guidance without conditioning."""
+        check_sampling_request(labels, cfg_scale, self.num_classes, num_samples)
 
     def sample(
         self,
@@ -332,7 +337,7 @@ class GeneratorObjective:
         Unset settings come from the config's `sampling` section.
         """
         settings = self.sampling_settings(sampler, steps, cfg_scale, eta, cfg_channels)
-        self.check_sampling_request(labels, settings["cfg_scale"])
+        self.check_sampling_request(labels, settings["cfg_scale"], num_samples)
         key = (*settings.values(), num_samples)
         if key not in self._samplers:
             self._samplers[key] = jax.jit(self.sampling_function(num_samples, **settings))
