@@ -15,17 +15,9 @@ to `<workdir>/samples_<i>.wav` (the first `grid_per_class` of each class), `samp
 Arguments: `runlocal=True` shrinks every stage for a smoke run.
 """
 
-import os
-
 import ml_collections
 
 from mmgen_jax import config_lib
-
-_HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def _sibling(name: str, arg: str) -> ml_collections.ConfigDict:
-    return config_lib.load_config_file(os.path.join(_HERE, f"{name}.py"), arg)
 
 
 def get_config(arg: str | None = None):
@@ -35,9 +27,11 @@ def get_config(arg: str | None = None):
     config.trainer = "stages"
     config.stage_order = ("tokenizer", "generator")
     config.stages = ml_collections.ConfigDict()
-    config.stages.tokenizer = _sibling("audio_vqvae", "dataset=notes" + local)
+    config.stages.tokenizer = config_lib.load_sibling(
+        __file__, "audio_vqvae", "dataset=notes" + local
+    )
     # The generator's tokenizer_workdir is filled in with <workdir>/tokenizer at run time.
-    generator = _sibling("dit", "space=latent" + local)
+    generator = config_lib.load_sibling(__file__, "dit", "space=latent" + local)
     generator.data = config.stages.tokenizer.data  # the same notes, window and sample rate
     generator.model.patch_size = 4  # 100 latent frames -> 25 tokens
     generator.sampling.grid_per_class = 2

@@ -16,17 +16,9 @@ Arguments: `space=pixel` trains the DiT on pixels instead of latents; `runlocal=
 every stage for a smoke run.
 """
 
-import os
-
 import ml_collections
 
 from mmgen_jax import config_lib
-
-_HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def _sibling(name: str, arg: str) -> ml_collections.ConfigDict:
-    return config_lib.load_config_file(os.path.join(_HERE, f"{name}.py"), arg)
 
 
 def get_config(arg: str | None = None):
@@ -38,14 +30,20 @@ def get_config(arg: str | None = None):
     config.stage_order = ("classifier", "generator")
     if args.space == "latent":
         config.stage_order = ("tokenizer", "classifier", "generator")
-        config.stages.tokenizer = _sibling("vqvae", "dataset=digits" + local)
+        config.stages.tokenizer = config_lib.load_sibling(
+            __file__, "vqvae", "dataset=digits" + local
+        )
         if not args.runlocal:
             # 2000 of the tokenizer config's 3000 steps: the samples are as good and the whole
             # quickstart stays well inside 10 minutes on 2 CPU cores.
             config.stages.tokenizer.training.total_steps = 2000
-    config.stages.classifier = _sibling("classifier", "dataset=digits" + local)
+    config.stages.classifier = config_lib.load_sibling(
+        __file__, "classifier", "dataset=digits" + local
+    )
     # The generator's tokenizer_workdir is filled in with <workdir>/tokenizer at run time.
-    config.stages.generator = _sibling("dit", f"space={args.space}" + local)
+    config.stages.generator = config_lib.load_sibling(
+        __file__, "dit", f"space={args.space}" + local
+    )
     for name in config.stage_order:
         config.stages[name].name = name
     config.final = dict(

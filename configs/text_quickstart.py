@@ -20,13 +20,9 @@ Arguments: `objective=masked|autoregressive`; `runlocal=True` shrinks everything
 run.
 """
 
-import os
-
 import ml_collections
 
 from mmgen_jax import config_lib
-
-_HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def get_config(arg: str | None = None):
@@ -35,8 +31,9 @@ def get_config(arg: str | None = None):
     config.trainer = "stages"
     config.stage_order = ("generator",)
     config.stages = ml_collections.ConfigDict()
-    config.stages.generator = config_lib.load_config_file(
-        os.path.join(_HERE, "text.py"),
+    config.stages.generator = config_lib.load_sibling(
+        __file__,
+        "text",
         f"dataset=arithmetic,objective={args.objective}"
         + (",runlocal=True" if args.runlocal else ""),
     )

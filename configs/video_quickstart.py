@@ -17,17 +17,9 @@ row per digit) and the generator's metrics.jsonl (`split: "sample"`).
 Arguments: `runlocal=True` shrinks every stage for a smoke run.
 """
 
-import os
-
 import ml_collections
 
 from mmgen_jax import config_lib
-
-_HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def _sibling(name: str, arg: str) -> ml_collections.ConfigDict:
-    return config_lib.load_config_file(os.path.join(_HERE, f"{name}.py"), arg)
 
 
 def get_config(arg: str | None = None):
@@ -37,11 +29,17 @@ def get_config(arg: str | None = None):
     config.trainer = "stages"
     config.stage_order = ("tokenizer", "classifier", "generator")
     config.stages = ml_collections.ConfigDict()
-    config.stages.tokenizer = _sibling("video_vqvae", "dataset=moving_digits" + local)
-    config.stages.classifier = _sibling("classifier", "dataset=digits" + local)
+    config.stages.tokenizer = config_lib.load_sibling(
+        __file__, "video_vqvae", "dataset=moving_digits" + local
+    )
+    config.stages.classifier = config_lib.load_sibling(
+        __file__, "classifier", "dataset=digits" + local
+    )
     # The generator's tokenizer_workdir is filled in with <workdir>/tokenizer at run time; its
     # data (moving_digits, all 8 frames) needs no video fields beyond the defaults.
-    generator = _sibling("dit", "space=latent,dataset=moving_digits" + local)
+    generator = config_lib.load_sibling(
+        __file__, "dit", "space=latent,dataset=moving_digits" + local
+    )
     generator.generator.stats_examples = 512 if not args.runlocal else 64
     if not args.runlocal:
         generator.training.global_batch_size = 32

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -66,6 +67,17 @@ def load_config_file(path: str, arg: str | None = None) -> ml_collections.Config
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config(arg)
+
+
+def load_sibling(anchor: str, name: str, arg: str | None = None) -> ml_collections.ConfigDict:
+    """`get_config(arg)` of `<name>.py` beside the file `anchor` (a config's own `__file__`).
+
+    Staged configs build each stage from the single-stage config next to them, wherever the
+    configs folder lives.
+    """
+    return load_config_file(
+        os.path.join(os.path.dirname(os.path.abspath(anchor)), f"{name}.py"), arg
+    )
 
 
 def require_choice(name: str, value: Any, choices: Mapping[str, Any] | tuple) -> None:

@@ -55,3 +55,22 @@ def test_vqvae_variants():
     # 8x8 digits with one 2x downsampling -> the 4x4 latent grid, K <= 256.
     assert tuple(digits.model.strides) == (2,)
     assert digits.quantizer.num_codes <= 256
+
+
+def test_load_sibling_reads_the_config_beside_the_anchor(tmp_path):
+    anchor = str(tmp_path / "staged.py")
+    (tmp_path / "part.py").write_text(
+        "import ml_collections\n\n"
+        "def get_config(arg=None):\n"
+        "    return ml_collections.ConfigDict(dict(arg=arg))\n"
+    )
+    assert config_lib.load_sibling(anchor, "part", "x=1").arg == "x=1"
+    with pytest.raises(FileNotFoundError, match="missing.py"):
+        config_lib.load_sibling(anchor, "missing")
+
+
+def test_staged_configs_take_each_stage_from_its_own_config():
+    staged = config_lib.load_config_file("configs/video_quickstart.py")
+    tokenizer = config_lib.load_config_file("configs/video_vqvae.py", "dataset=moving_digits")
+    assert staged.stages.tokenizer.model.to_dict() == tokenizer.model.to_dict()
+    assert tuple(staged.stage_order) == ("tokenizer", "classifier", "generator")
