@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from mmgen_jax import config_lib, inference, sample
+from mmgen_jax.data import pipeline
 from mmgen_jax.models.vqvae import VQVAE
 from mmgen_jax.trainers import loop
 from mmgen_jax.trainers.generator import GeneratorObjective
@@ -124,6 +125,53 @@ def test_latent_generator_round_trips_through_the_frozen_tokenizer(tokenizer_dir
         tokenizer.variables, x, method=VQVAE.encode_to_indices
     )
     assert indices.shape == (3, 4, 4)
+
+
+def test_cached_latents_are_the_encoded_training_split_and_train_alike(
+    tokenizer_dir, data_dir, tmp_path
+):
+    config = _config("dit", f"space=latent,tokenizer={tokenizer_dir},runlocal=True", data_dir)
+    config.generator.cache_latents = True
+    objective = GeneratorObjective(config, {"shape": (8, 8, 1), "num_classes": 10})
+    cached = objective.training_arrays()
+    split = pipeline.load_split_numpy(config.data, config.data.train_split)
+    assert cached["latent"].shape == (len(split["image"]), 4, 4, 8)
+    np.testing.assert_array_equal(cached["label"], split["label"])
+    tokenizer = inference.load_trained(tokenizer_dir)
+    vectors = tokenizer.objective.model.apply(
+        tokenizer.variables, split["image"][:16], method=VQVAE.encode_to_code_vectors
+    )
+    np.testing.assert_allclose(cached["latent"][:16], np.asarray(vectors), atol=1e-6)
+    # The loss of a cached batch is the loss of the same batch of images.
+    variables = dict(objective.init_variables(jax.random.PRNGKey(0), None))
+    params = variables.pop("params")
+    labels = split["label"][:16]
+    rng = jax.random.PRNGKey(5)
+    from_images, _ = objective.loss(
+        params, variables, {"image": split["image"][:16], "label": labels}, rng
+    )
+    from_cache, _ = objective.loss(
+        params, variables, {"latent": cached["latent"][:16], "label": labels}, rng
+    )
+    np.testing.assert_allclose(float(from_cache), float(from_images), rtol=1e-5)
+    # A run's training batches are the cached latents (no image reaches the training step).
+    seen = set()
+
+    class Recording(GeneratorObjective):
+        def loss(self, params, model_state, batch, rng):
+            seen.update(batch)  # at trace time
+            return super().loss(params, model_state, batch, rng)
+
+    config.training.total_steps = 10
+    loop.train_and_evaluate(config, str(tmp_path), Recording)
+    assert seen == {"latent", "label"}
+    records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    train = [r for r in records if r["split"] == "train"]
+    assert train[-1]["step"] == 10 and train[-1]["loss"] < train[0]["loss"]
+    pixel = _config("dit", "runlocal=True", data_dir)
+    pixel.generator.cache_latents = True
+    with pytest.raises(ValueError, match="cache_latents needs space='latent'"):
+        GeneratorObjective(pixel, {"shape": (8, 8, 1), "num_classes": 10})
 
 
 def test_latent_generator_bad_tokenizer_workdirs(data_dir, tmp_path, pixel_dir):

@@ -11,7 +11,9 @@ statistics are kept in the train state's `model_state` (never updated), so a gen
 checkpoint alone is enough to sample. A KL-autoencoder workdir (the SD VAE imported by
 `mmgen_jax.tools.import_sd_vae`) works the same way through `kl_tokenizer.FrozenKLAutoencoder`:
 latents are posterior means and the normalisation is the fixed DiT scale (mean 0, std
-1 / 0.18215) instead of data statistics.
+1 / 0.18215) instead of data statistics. With `generator.cache_latents` the training split is
+encoded once before the first step and batches are drawn from those latents
+(`data/arrays.py`), which saves the encoder pass of every step on datasets that fit in memory.
 
 Raw space: the DiT's own input space with nothing attached, for weights made elsewhere (the
 official DiT checkpoints model Stable-Diffusion-VAE latents; `mmgen_jax.tools.import_dit`
@@ -22,6 +24,7 @@ decoded.
 from __future__ import annotations
 
 import functools
+import logging
 from typing import Any
 
 import jax
@@ -40,6 +43,8 @@ from mmgen_jax.sharding import host_array
 from mmgen_jax.trainers import kl_tokenizer
 from mmgen_jax.trainers.objective import Batch
 from mmgen_jax.trainers.state import compute_dtype
+
+logger = logging.getLogger(__name__)
 
 TOKENIZER = "tokenizer"  # model_state collection holding the frozen tokenizer variables
 LATENT_NORM = "latent_norm"  # model_state collection holding the per-channel mean / std
@@ -130,15 +135,20 @@ def load_frozen_tokenizer(workdir: str):
     return FrozenTokenizer(workdir)
 
 
+def encode_all(tokenizer, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """The tokenizer's latents of `images` [N, *S, C], encoded in batches: [N, *latent_shape]."""
+    encode = jax.jit(functools.partial(tokenizer.encode, tokenizer.variables))
+    return np.concatenate(
+        [np.asarray(encode(images[i : i + batch_size])) for i in range(0, len(images), batch_size)]
+    )
+
+
 def latent_statistics(
     tokenizer: FrozenTokenizer, data_config, split: str, max_examples: int
 ) -> dict[str, np.ndarray]:
     """Per-channel mean and std of the tokenizer's latents over (a prefix of) a split."""
     images = pipeline.load_split_numpy(data_config, split)["image"][:max_examples]
-    encode = jax.jit(functools.partial(tokenizer.encode, tokenizer.variables))
-    latents = np.concatenate(
-        [np.asarray(encode(images[i : i + 512])) for i in range(0, len(images), 512)]
-    )
+    latents = encode_all(tokenizer, images)
     axes = tuple(range(latents.ndim - 1))
     return {
         "mean": latents.mean(axis=axes).astype(np.float32),
@@ -154,6 +164,13 @@ class GeneratorObjective:
         if generator.space not in SPACES:
             raise ValueError(f"generator.space={generator.space!r} is not one of {SPACES}")
         self.space = generator.space
+        self.cache_latents = bool(generator.get("cache_latents", False))
+        if self.cache_latents and self.space != "latent":
+            raise ValueError(
+                f"generator.cache_latents needs space='latent' (a tokenizer to encode with), "
+                f"got space={self.space!r}"
+            )
+        self.data_config = config.data
         self.num_classes = int(info["num_classes"] or 0) if generator.class_conditional else 0
         self.info = info
         self.signal_shape = tuple(info["shape"])
@@ -203,9 +220,28 @@ class GeneratorObjective:
         """Signals [B, *S, C] -> normalised diffusion-space data [B, *latent_shape]."""
         if self.space in ("pixel", "raw"):
             return x
-        z = self.tokenizer.encode(model_state[TOKENIZER], x)
+        return self.normalise(model_state, self.tokenizer.encode(model_state[TOKENIZER], x))
+
+    def normalise(self, model_state, z: jax.Array) -> jax.Array:
+        """Tokenizer latents [B, *latent_shape] -> diffusion-space data (per-channel norm)."""
         norm = model_state[LATENT_NORM]
         return (z - norm["mean"]) / norm["std"]
+
+    def training_arrays(self) -> dict[str, np.ndarray] | None:
+        """The training split's latents and labels, encoded once, when `generator.cache_latents`
+        says so (the loop then draws batches from them); None: batches of signals."""
+        if not self.cache_latents:
+            return None
+        split = pipeline.load_split_numpy(self.data_config, self.data_config.train_split)
+        arrays = {"latent": encode_all(self.tokenizer, split["image"])}
+        if "label" in split:
+            arrays["label"] = split["label"]
+        logger.info(
+            "cached the latents of %d training examples (%.1f MB)",
+            len(arrays["latent"]),
+            arrays["latent"].nbytes / 2**20,
+        )
+        return arrays
 
     def to_signal(self, model_state, z: jax.Array) -> jax.Array:
         """Diffusion-space samples -> signals in [-1, 1] (decoded through the tokenizer)."""
@@ -238,7 +274,10 @@ class GeneratorObjective:
         return batch["label"].astype(jnp.int32) if self.num_classes else None
 
     def _losses(self, params, model_state, batch, rng, train: bool) -> dict[str, jax.Array]:
-        x0 = self.to_latent(model_state, batch["image"])  # [B, *latent_shape]
+        if "latent" in batch:  # cached (`training_arrays`)
+            x0 = self.normalise(model_state, batch["latent"])  # [B, *latent_shape]
+        else:
+            x0 = self.to_latent(model_state, batch["image"])  # [B, *latent_shape]
         t_rng, noise_rng, dropout_rng = jax.random.split(rng, 3)
         t = self.diffusion.sample_timesteps(t_rng, x0.shape[0])
         noise = jax.random.normal(noise_rng, x0.shape, jnp.float32)

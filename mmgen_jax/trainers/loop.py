@@ -31,7 +31,7 @@ import optax
 from mmgen_jax import benchmarking, run_files
 from mmgen_jax import checkpoint as checkpoint_lib
 from mmgen_jax import sharding as sharding_lib
-from mmgen_jax.data import pipeline
+from mmgen_jax.data import arrays, pipeline
 from mmgen_jax.metrics import MetricWriter, Progress
 from mmgen_jax.trainers.objective import Batch, Objective
 from mmgen_jax.trainers.state import TrainState, create_train_state, make_optimizer
@@ -402,8 +402,14 @@ def _train_loop(config, workdir, objective, step_fn, state, mesh, checkpointer) 
     eval_step = jax.jit(objective.eval_step)
     start = int(state.step)
     run = _Run(config, workdir, start)
-    batches = pipeline.make_train_iterator(
-        config.data,
+    # An objective may serve its own training arrays (a latent generator's cached latents).
+    training_arrays = getattr(objective, "training_arrays", lambda: None)()
+    make_batches = (
+        functools.partial(arrays.make_train_iterator, training_arrays)
+        if training_arrays is not None
+        else functools.partial(pipeline.make_train_iterator, config.data)
+    )
+    batches = make_batches(
         global_batch_size=training.global_batch_size,
         sharding=sharding_lib.batch_sharding(mesh),
         seed=config.seed,

@@ -42,3 +42,7 @@ class Objective(Protocol):
     def visualize(self, params: Any, model_state: Any, batch: Batch) -> dict[str, Any]:
         """What to save at each evaluation, by name: pictures ([H, W, C] uint8),
         `metrics.media.Audio` (written as WAV) or `metrics.media.Video` (written as GIF)."""
+
+    # Optional: `training_arrays(self) -> dict[str, np.ndarray] | None`. Arrays of equal length
+    # the loop draws training batches from (`data/arrays.py`) instead of the TFDS pipeline, e.g.
+    # a latent generator's latents encoded once; None (or no such method): the pipeline.
