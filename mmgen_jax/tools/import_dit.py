@@ -316,6 +316,7 @@ def generator_config(
         tokenizer_workdir=os.path.abspath(vae_workdir) if vae_workdir else "",
         class_conditional=True,
         stats_examples=0,
+        cache_latents=False,
     )
     config.model = dict(
         patch_size=model_args["patch_size"],
