@@ -14,10 +14,18 @@ batches from arrays encoded once instead, with the guarantees of `pipeline.make_
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Mapping
 
 import jax
 import numpy as np
+
+from mmgen_jax.data import pipeline
+
+
+@functools.lru_cache(maxsize=2)  # a batch spans at most the current epoch and the next
+def _epoch_order(num_examples: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng((seed, epoch)).permutation(num_examples)
 
 
 def batch_indices(num_examples: int, global_batch_size: int, seed: int, step: int) -> np.ndarray:
@@ -28,7 +36,7 @@ def batch_indices(num_examples: int, global_batch_size: int, seed: int, step: in
     epoch, offset = divmod(start, num_examples)
     indices = []
     while len(indices) < global_batch_size:
-        order = np.random.default_rng((seed, epoch)).permutation(num_examples)
+        order = _epoch_order(num_examples, seed, epoch)
         indices.extend(order[offset : offset + global_batch_size - len(indices)])
         epoch, offset = epoch + 1, 0
     return np.asarray(indices, np.int64)
@@ -52,24 +60,11 @@ def make_train_iterator(
     if len(set(lengths.values())) != 1:
         raise ValueError(f"arrays of different lengths: {lengths}")
     num_examples = next(iter(lengths.values()))
-    process_count = jax.process_count()
-    if global_batch_size % process_count:
-        raise ValueError(
-            f"global_batch_size={global_batch_size} is not divisible by "
-            f"jax.process_count()={process_count}."
-        )
-    local = global_batch_size // process_count
+    local = pipeline.process_batch_size(global_batch_size, sharding)
     rows = slice(jax.process_index() * local, (jax.process_index() + 1) * local)
     step = start_step
     while True:
         indices = batch_indices(num_examples, global_batch_size, seed, step)[rows]
-        batch = {}
-        for name, array in arrays.items():
-            array_sharding = jax.sharding.NamedSharding(
-                sharding.mesh, jax.sharding.PartitionSpec(*sharding.spec[: array.ndim])
-            )
-            batch[name] = jax.make_array_from_process_local_data(
-                array_sharding, array[indices], (global_batch_size, *array.shape[1:])
-            )
-        yield batch
+        local_batch = {name: array[indices] for name, array in arrays.items()}
+        yield pipeline.global_batch(local_batch, sharding, global_batch_size)
         step += 1

@@ -370,7 +370,7 @@ def _num_batch_shards(sharding: jax.sharding.NamedSharding) -> int:
     return math.prod(sharding.mesh.shape[axis] for axis in batch_axes)
 
 
-def _local_batch_size(global_batch_size: int, sharding: jax.sharding.NamedSharding) -> int:
+def process_batch_size(global_batch_size: int, sharding: jax.sharding.NamedSharding) -> int:
     """This process's share of the global batch; checks that the batch splits evenly."""
     process_count = jax.process_count()
     if global_batch_size % process_count:
@@ -387,21 +387,31 @@ def _local_batch_size(global_batch_size: int, sharding: jax.sharding.NamedShardi
     return global_batch_size // process_count
 
 
+def global_batch(
+    local_batch: dict[str, np.ndarray],
+    sharding: jax.sharding.NamedSharding,
+    global_batch_size: int,
+) -> dict[str, jax.Array]:
+    """This process's rows of a batch (`{name: [local_B, ...]}`) as global arrays sharded like
+    `sharding` along the batch dimension."""
+    arrays = {}
+    for key, local_array in local_batch.items():
+        # `label` and `mask` are rank 1: keep only the batch part of the spec.
+        array_sharding = jax.sharding.NamedSharding(
+            sharding.mesh, jax.sharding.PartitionSpec(*sharding.spec[: local_array.ndim])
+        )
+        arrays[key] = jax.make_array_from_process_local_data(
+            array_sharding, local_array, (global_batch_size, *local_array.shape[1:])
+        )
+    return arrays
+
+
 def _global_batches(
     dataset: tf.data.Dataset, sharding: jax.sharding.NamedSharding, global_batch_size: int
 ) -> Iterator[dict[str, jax.Array]]:
     """Turns each process-local numpy batch into global arrays sharded like `sharding`."""
     for local_batch in dataset.as_numpy_iterator():
-        global_batch = {}
-        for key, local_array in local_batch.items():  # [local_B, ...] each
-            # `label` and `mask` are rank 1: keep only the batch part of the spec.
-            array_sharding = jax.sharding.NamedSharding(
-                sharding.mesh, jax.sharding.PartitionSpec(*sharding.spec[: local_array.ndim])
-            )
-            global_batch[key] = jax.make_array_from_process_local_data(
-                array_sharding, local_array, (global_batch_size, *local_array.shape[1:])
-            )
-        yield global_batch
+        yield global_batch(local_batch, sharding, global_batch_size)
 
 
 def dataset_info(data_config: ml_collections.ConfigDict) -> dict:
@@ -448,7 +458,7 @@ def make_train_iterator(
       `{'image': float32 [global_batch_size, *shape] in [-1, 1], 'label': int32
       [global_batch_size]}` as global `jax.Array`s sharded like `sharding` (batch dimension).
     """
-    local_batch_size = _local_batch_size(global_batch_size, sharding)
+    local_batch_size = process_batch_size(global_batch_size, sharding)
     builder = get_builder(data_config)
     layout = make_layout(data_config, builder)
     host_sharding = _field(data_config, "host_sharding")
@@ -496,7 +506,7 @@ def make_eval_iterator(
       `{'image': float32 [global_batch_size, *shape], 'label': int32 [global_batch_size],
       'mask': float32 [global_batch_size]}` as global `jax.Array`s sharded like `sharding`.
     """
-    local_batch_size = _local_batch_size(global_batch_size, sharding)
+    local_batch_size = process_batch_size(global_batch_size, sharding)
     builder = get_builder(data_config)
     layout = make_layout(data_config, builder)
     # `even_splits` hands the remainder out from the first process on, so process 0 has the most.
