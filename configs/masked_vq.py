@@ -36,7 +36,12 @@ def get_config(arg: str | None = None):
         time_conditioned=False,  # makes cached sampling exact
     )
     config.diffusion = dict(
-        schedule="loglinear", eps=1e-3, t_min=1e-3, antithetic=True, eval_draws=4
+        schedule="loglinear",
+        eps=1e-3,
+        position_shift=0.0,  # > 0: raster-later codes masked first (diffusion/masked.py)
+        t_min=1e-3,
+        antithetic=True,
+        eval_draws=4,
     )
     config.sampling = dict(
         sampler="ancestral", steps=32, cache=True, cfg_scale=1.5, temperature=1.0, grid_per_class=10

@@ -76,12 +76,15 @@ def get_config(arg: str | None = None):
     if not autoregressive:
         config.model.time_conditioned = args.time == "adaln"
         # MDLM: log-linear alpha_t = 1 - (1 - eps) t; antithetic t; eval averages 4 draws.
+        # position_shift w > 0: position l of L runs the schedule at its own time
+        # clip((1 + w) t - w (1 - l / (L - 1)), 0, 1), later positions masked first (0: MDLM).
         # low_t_max / low_t_fraction (unset: uniform t): importance-sample training times,
         # that fraction of them below low_t_max, reweighted so the NELBO stays unbiased
         # (importance_weighted=False trains on the proposal's emphasis instead).
         config.diffusion = dict(
             schedule="loglinear",
             eps=1e-3,
+            position_shift=0.0,
             t_min=1e-3,
             antithetic=True,
             eval_draws=4,

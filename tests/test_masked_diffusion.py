@@ -293,3 +293,101 @@ def test_token_dit_any_rank_bidirectional_and_time_flag(shape, time_conditioned)
     else:  # the output ignores t, and there is no time embedder at all
         np.testing.assert_array_equal(logits, later)
         assert "t_embedder" not in variables["params"]
+
+
+def test_position_shift_gives_each_position_its_own_time():
+    w, shape = 2.0, (5,)
+    schedule = masked.MaskSchedule("loglinear", eps=1e-3, position_shift=w)
+    place = np.arange(5) / 4
+    t = np.array([0.0, 0.3, 0.6, 1.0], np.float32)
+    tau = np.clip((1 + w) * t[:, None] - w * (1 - place), 0, 1)  # [4, 5]
+    np.testing.assert_allclose(
+        schedule.position_alpha(t, shape), 1 - (1 - 1e-3) * tau, rtol=1e-6, atol=1e-7
+    )
+    np.testing.assert_array_equal(schedule.position_alpha(0.0, shape), 1.0)  # all clean at t=0
+    np.testing.assert_allclose(schedule.position_alpha(1.0, shape), 1e-3, rtol=1e-4)  # all masked
+    # Log-linear: -d alpha_l / dt / (1 - alpha_l) = (1 + w) / tau_l while 0 < tau_l < 1, else 0.
+    t = np.array([0.37, 0.52, 0.81], np.float32)
+    tau = (1 + w) * t[:, None] - w * (1 - place)
+    inside = (tau > 1e-3) & (tau < 1)
+    expected = np.where(inside, (1 + w) / np.where(inside, tau, 1), 0.0)
+    assert inside.any() and (~inside).any()
+    np.testing.assert_allclose(schedule.position_loss_weight(t, shape), expected, rtol=1e-5)
+    # ... which is what finite differences of alpha give.
+    h = 1e-3
+    derivative = (
+        np.asarray(schedule.position_alpha(t + h, shape), np.float64)
+        - np.asarray(schedule.position_alpha(t - h, shape))
+    ) / (2 * h)
+    alpha = np.asarray(schedule.position_alpha(t, shape), np.float64)
+    np.testing.assert_allclose(
+        expected[inside], -derivative[inside] / (1 - alpha[inside]), rtol=5e-3
+    )
+    # Without a shift every position has the schedule's own alpha and weight.
+    plain = masked.MaskSchedule("cosine")
+    np.testing.assert_array_equal(
+        plain.position_alpha(t, (2, 3)), np.broadcast_to(plain.alpha(t)[:, None, None], (3, 2, 3))
+    )
+    with pytest.raises(ValueError, match="position_shift=-1"):
+        masked.MaskSchedule(position_shift=-1.0)
+
+
+@pytest.mark.parametrize("shift", [0.0, 3.0])
+def test_nelbo_of_a_context_free_denoiser_is_its_cross_entropy(shift):
+    """A denoiser that predicts a fixed p at every position whatever z_t has NELBO
+    sum_l integral (-d alpha_l/dt) (-log p(x_l)) dt = (1 - eps) sum_l -log p(x_l) for any
+    schedule (less the t_min truncation): the Monte-Carlo mean over times and masks must match."""
+    p = np.array([0.4, 0.3, 0.2, 0.1, 0.0])
+    logits = jnp.log(jnp.asarray(np.append(p, 1.0), jnp.float32))  # mask logit is ignored
+    x = jnp.asarray(np.random.default_rng(0).integers(0, 4, (1, 12)))
+    schedule = masked.MaskSchedule("loglinear", eps=1e-3, position_shift=shift)
+
+    @jax.jit
+    def estimate(key):
+        batch = jnp.tile(x, (4096, 1))
+        terms = masked.nelbo(
+            lambda z, t, y: jnp.broadcast_to(logits, (*z.shape, VOCAB + 1)),
+            batch,
+            key,
+            schedule,
+            MASK,
+            t_min=1e-4,
+        )
+        return jnp.mean(terms["nelbo"])
+
+    mean = np.mean([float(estimate(jax.random.PRNGKey(i))) for i in range(4)])
+    exact = (1 - 1e-3) * -np.log(p[np.asarray(x)]).sum()
+    np.testing.assert_allclose(mean, exact, rtol=0.02)
+
+
+def test_large_position_shift_reveals_positions_left_to_right():
+    """With w much larger than the step count allows, each step reveals the next position(s):
+    the revealed set is always a prefix, with the random and the confidence order alike, and
+    the tokens are still draws from the denoiser."""
+    p = np.array([0.5, 0.25, 0.15, 0.1, 0.0])
+    logits = jnp.log(jnp.asarray(np.append(p, 0.1), jnp.float32))
+    for order in masked.ORDERS:
+        seen = []
+
+        def model_fn(z, t, y, seen=seen):
+            jax.debug.callback(lambda z: seen.append(np.asarray(z)), z)
+            return jnp.broadcast_to(logits, (*z.shape, VOCAB + 1)).astype(jnp.float32)
+
+        tokens, _ = masked.ancestral_sample(
+            model_fn,
+            masked.MaskSchedule(position_shift=50.0),
+            (300, 6),
+            MASK,
+            12,
+            jax.random.PRNGKey(0),
+            time_conditioned=False,
+            order=order,
+        )
+        revealed = np.stack([z != MASK for z in seen] + [np.asarray(tokens) != MASK])
+        # revealed[step, example, position]: once a position is masked, all later ones are.
+        assert np.all(revealed[..., 1:] <= revealed[..., :-1]), order
+        assert revealed[0].sum() == 0 and revealed[-1].all()
+        assert np.any(revealed[6].sum(-1) < 6) and np.any(revealed[6].sum(-1) > 0)
+        frequencies = np.bincount(np.asarray(tokens).ravel(), minlength=VOCAB) / tokens.size
+        if order == "random":
+            np.testing.assert_allclose(frequencies[:VOCAB], p, atol=0.03)

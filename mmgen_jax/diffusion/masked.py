@@ -28,6 +28,18 @@ the same z_t; if the denoiser ignores t (`time_conditioned=False`, MDLM's observ
 is the same too and the sampler reuses it (caching: exact, fewer calls). With a time-conditioned
 denoiser the output depends on t and caching would change the samples, so it is refused.
 
+Position-dependent schedules (`position_shift` w >= 0): position l of N (raster order) follows
+the schedule at its own time tau_l(t) = clip((1 + w) t - w (1 - l / (N - 1)), 0, 1), so later
+positions are masked earlier in the forward process and revealed later when sampling. Every
+position still runs through its whole schedule (tau_l = 0 at t = 0, 1 at t = 1) and positions
+are masked independently, so the NELBO keeps its form with a weight per position,
+-d alpha(tau_l) / dt / (1 - alpha(tau_l)) (0 while tau_l is clipped); w = 0 is MDLM and large w
+approaches left-to-right generation. The optimal denoiser is the same for every schedule (the
+masked tokens' posterior given the visible ones does not depend on t); the schedule changes
+which contexts training sees most: with w > 0, "a prefix visible, the rest masked", the
+contexts in which a statement's result is predicted from its operands. Positions whose own time
+is below t_min get no weight (the truncation MDLM applies to t).
+
 Confidence order (`order='confidence'`; MaskGIT, Chang et al. 2022; LLaDA's "low-confidence
 remasking", Nie et al. 2025): every step draws a token for each masked position from p(x | z_t)
 as above, then keeps only the most confident draws (highest model probability of the drawn
@@ -64,16 +76,22 @@ class MaskSchedule:
     'loglinear': alpha_t = 1 - (1 - eps) t          (MDLM's default; weight -alpha'/(1-alpha) = 1/t)
     'cosine':    alpha_t = 1 - (1 - eps)(1 - cos(pi t / 2))
     Both have alpha_0 = 1 exactly and alpha_1 = eps.
+
+    `position_shift` w >= 0 gives each position its own time (module docstring); the
+    `position_*` methods take the token shape and return per-position values.
     """
 
     kind: str = "loglinear"
     eps: float = DEFAULT_EPS
+    position_shift: float = 0.0
 
     def __post_init__(self):
         if self.kind not in SCHEDULES:
             raise ValueError(f"mask schedule {self.kind!r} is not one of {', '.join(SCHEDULES)}")
         if not 0.0 <= self.eps < 1.0:
             raise ValueError(f"mask schedule eps={self.eps} must be in [0, 1)")
+        if not (math.isfinite(self.position_shift) and self.position_shift >= 0.0):
+            raise ValueError(f"mask schedule position_shift={self.position_shift} must be >= 0")
 
     def alpha(self, t: jax.Array) -> jax.Array:
         t = jnp.asarray(t, jnp.float32)
@@ -91,6 +109,32 @@ class MaskSchedule:
     def loss_weight(self, t: jax.Array) -> jax.Array:
         """-alpha'_t / (1 - alpha_t), the NELBO weight of a masked position's cross-entropy."""
         return -self.alpha_derivative(t) / (1.0 - self.alpha(t))
+
+    def position_times(self, t: jax.Array, token_shape: tuple[int, ...]) -> jax.Array:
+        """Each position's own time before clipping, (1 + w) t - w (1 - l / (N - 1)):
+        [*t.shape, *token_shape] for times t of any shape (t itself when w = 0)."""
+        t = jnp.asarray(t, jnp.float32)
+        t = t.reshape(t.shape + (1,) * len(token_shape))
+        if self.position_shift == 0.0:
+            return jnp.broadcast_to(t, t.shape[: t.ndim - len(token_shape)] + tuple(token_shape))
+        count = math.prod(token_shape)
+        place = jnp.arange(count, dtype=jnp.float32).reshape(token_shape) / max(count - 1, 1)
+        w = self.position_shift
+        return (1.0 + w) * t - w * (1.0 - place)
+
+    def position_alpha(self, t: jax.Array, token_shape: tuple[int, ...]) -> jax.Array:
+        """alpha of each position at time t: [*t.shape, *token_shape]."""
+        return self.alpha(jnp.clip(self.position_times(t, token_shape), 0.0, 1.0))
+
+    def position_loss_weight(
+        self, t: jax.Array, token_shape: tuple[int, ...], t_min: float = DEFAULT_T_MIN
+    ) -> jax.Array:
+        """-d alpha_l / dt / (1 - alpha_l) per position [*t.shape, *token_shape]: (1 + w) times
+        `loss_weight` at the position's time while that lies in [t_min, 1], else 0."""
+        tau = self.position_times(t, token_shape)
+        active = (tau >= t_min) & (tau <= 1.0)
+        weight = (1.0 + self.position_shift) * self.loss_weight(jnp.clip(tau, t_min, 1.0))
+        return jnp.where(active, weight, 0.0)
 
 
 def check_time_proposal(
@@ -161,9 +205,8 @@ def q_sample(
 def mask_with_uniforms(
     x: jax.Array, t: jax.Array, schedule: MaskSchedule, mask_id: int, u: jax.Array
 ) -> jax.Array:
-    """`q_sample` with given uniforms u [B, *S]: masked where u < 1 - alpha_t."""
-    move = 1.0 - schedule.alpha(t)  # [B]
-    move = move.reshape(move.shape + (1,) * (x.ndim - 1))
+    """`q_sample` with given uniforms u [B, *S]: masked where u < 1 - alpha (per position)."""
+    move = 1.0 - schedule.position_alpha(t, x.shape[1:])  # [B, *S]
     return jnp.where(u < move, jnp.asarray(mask_id, x.dtype), x)
 
 
@@ -190,16 +233,18 @@ def nelbo_terms(
     t: jax.Array,
     schedule: MaskSchedule,
     mask_id: int,
+    t_min: float = DEFAULT_T_MIN,
 ) -> jax.Array:
     """Per-sequence NELBO estimate in nats [B] from SUBS log-probs [B, *S, V + 1].
 
-    weight(t) * sum over masked positions of -log p(x | z_t); unmasked positions add nothing.
+    Sum over masked positions of weight_l(t) * -log p(x_l | z_t) (weight(t) for every position
+    when the schedule has no position shift); unmasked positions add nothing.
     """
     target = jnp.take_along_axis(log_probs, x[..., None].astype(jnp.int32), axis=-1)[..., 0]
     masked = z_t == mask_id
-    cross_entropy = jnp.where(masked, -target, 0.0)  # [B, *S]; where() keeps -inf out
-    per_sequence = cross_entropy.reshape(x.shape[0], -1).sum(axis=-1)  # [B]
-    return schedule.loss_weight(t) * per_sequence
+    weight = schedule.position_loss_weight(t, x.shape[1:], t_min)  # [B, *S]
+    cross_entropy = jnp.where(masked, weight * -target, 0.0)  # [B, *S]; where() keeps -inf out
+    return cross_entropy.reshape(x.shape[0], -1).sum(axis=-1)  # [B]
 
 
 def nelbo(
@@ -227,7 +272,7 @@ def nelbo(
     z_t = q_sample(x, t, schedule, mask_id, mask_rng)
     log_probs = subs_log_probs(model_fn(z_t, t, y), z_t, mask_id)
     masked = (z_t == mask_id).reshape(x.shape[0], -1)
-    terms = nelbo_terms(log_probs, x, z_t, t, schedule, mask_id)
+    terms = nelbo_terms(log_probs, x, z_t, t, schedule, mask_id, t_min)
     return {
         "nelbo": terms * time_importance_weights(t, t_min, low_t_max, low_t_fraction),
         "proposal_weighted": terms,
@@ -306,7 +351,6 @@ def ancestral_sample(
     if order not in ORDERS:
         raise ValueError(f"order={order!r} is not one of {ORDERS}")
     batch = shape[0]
-    num_positions = math.prod(shape[1:])
     z = jnp.full(shape, mask_id, jnp.int32)
 
     def denoise(z_t, t_now):
@@ -322,9 +366,13 @@ def ancestral_sample(
         must_call = stale | jnp.asarray(not cache)
         log_probs = jax.lax.cond(must_call, denoise, lambda z_, t_: cached, z_t, t_now)
         calls = calls + must_call.astype(jnp.int32)
-        alpha_t, alpha_s = schedule.alpha(t_now), schedule.alpha(s_next)
-        unmask = jnp.log(alpha_s - alpha_t) - jnp.log1p(-alpha_t)  # log P(leave the mask)
-        stay = jnp.log1p(-alpha_s) - jnp.log1p(-alpha_t)  # log P(stay masked); -inf at s=0
+        alpha_t = schedule.position_alpha(t_now, shape[1:])[..., None]  # [*S, 1]
+        alpha_s = schedule.position_alpha(s_next, shape[1:])[..., None]
+        # log P(leave the mask) and log P(stay masked) per position (-inf at s = 0); a
+        # position with alpha_t = 1 is clean already and its value is never used.
+        moving = alpha_t < 1.0
+        unmask = jnp.where(moving, jnp.log(alpha_s - alpha_t) - jnp.log1p(-alpha_t), 0.0)
+        stay = jnp.where(moving, jnp.log1p(-alpha_s) - jnp.log1p(-alpha_t), -jnp.inf)
         ids = jnp.arange(log_probs.shape[-1])
         tokens = jax.nn.log_softmax(log_probs / temperature, axis=-1)  # mask id stays at -inf
         key = jax.random.fold_in(rng, index)
@@ -334,12 +382,16 @@ def ancestral_sample(
             z_next = jnp.where(z_t == mask_id, draw.astype(jnp.int32), z_t)
         else:
             draw = jax.random.categorical(key, tokens, axis=-1).astype(jnp.int32)
+            confidence = jnp.take_along_axis(log_probs, draw[..., None], axis=-1)[..., 0]
+            # Positions the schedule has fully revealed by s go first; positions it cannot
+            # have revealed yet (alpha_s = alpha_1) stay masked.
+            alpha_s, alpha_1 = alpha_s[..., 0], schedule.alpha(jnp.float32(1.0))
+            confidence = jnp.where(alpha_s >= 1.0, jnp.inf, confidence)
+            confidence = jnp.where(alpha_s <= alpha_1, _LAST, confidence)
             reveal = _most_confident(
-                jnp.take_along_axis(log_probs, draw[..., None], axis=-1)[..., 0],
+                confidence,
                 z_t == mask_id,
-                keep_masked=jnp.round(
-                    num_positions * (1 - alpha_s) / (1 - schedule.alpha(jnp.float32(1.0)))
-                ).astype(jnp.int32),
+                keep_masked=jnp.round(jnp.sum(1.0 - alpha_s) / (1.0 - alpha_1)).astype(jnp.int32),
             )
             z_next = jnp.where(reveal, draw, z_t)
         changed = jnp.any(z_next != z_t)
@@ -353,6 +405,9 @@ def ancestral_sample(
     )
     (z, _, _, calls), _ = jax.lax.scan(step, init, jnp.arange(num_steps))
     return z, calls
+
+
+_LAST = -1e30  # a confidence below any real one, above that of unmasked positions (-inf)
 
 
 def _most_confident(confidence: jax.Array, masked: jax.Array, keep_masked: jax.Array) -> jax.Array:

@@ -13,6 +13,10 @@ has labels (classifier-free guidance at sampling, `sampling.cfg_scale`); time th
 unless `model.time_conditioned=False`, which makes cached sampling exact
 (`sampling.cache=True` is refused for a time-conditioned model).
 
+Schedule: `diffusion.schedule` with `diffusion.position_shift` w (0: MDLM, every position on
+the same schedule; w > 0: later positions are masked earlier and revealed later, leaning toward
+left-to-right generation; `diffusion/masked.py`).
+
 Training times: uniform (MDLM), or importance-sampled with more small t (`diffusion.low_t_max`,
 `diffusion.low_t_fraction`, `diffusion/masked.sample_times`), reweighted so the loss stays the
 NELBO unless `diffusion.importance_weighted=False`; evaluation always draws t uniformly.
@@ -120,7 +124,9 @@ class MaskedDiffusionObjective:
             dtype=compute_dtype(config),
         )
         diffusion = config.diffusion
-        self.schedule = masked.MaskSchedule(diffusion.schedule, diffusion.eps)
+        self.schedule = masked.MaskSchedule(
+            diffusion.schedule, diffusion.eps, float(diffusion.position_shift)
+        )
         self.t_min = float(diffusion.t_min)
         self.antithetic = bool(diffusion.antithetic)
         # Importance-sampled training times (None: uniform); evaluation always draws uniformly.
