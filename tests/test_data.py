@@ -81,6 +81,14 @@ def test_load_split_numpy_scales_to_unit_range(data_dir):
     expected = np.floor(digits.images[1500:] * 255 / 16 + 0.5) / 127.5 - 1.0
     np.testing.assert_allclose(test_split["image"][..., 0], expected, atol=1e-6)
     np.testing.assert_array_equal(test_split["label"], digits.target[1500:])
+    # A prefix reads the first examples in the same order; more than the split holds is all.
+    prefix = pipeline.load_split_numpy(_config(data_dir), "test", max_examples=5)
+    np.testing.assert_array_equal(prefix["image"], test_split["image"][:5])
+    np.testing.assert_array_equal(prefix["label"], test_split["label"][:5])
+    everything = pipeline.load_split_numpy(_config(data_dir), "test", max_examples=10_000)
+    assert everything["image"].shape[0] == 297
+    with pytest.raises(ValueError, match="max_examples=0"):
+        pipeline.load_split_numpy(_config(data_dir), "test", max_examples=0)
 
 
 def test_dataset_info_and_resize_to_rgb(data_dir):

@@ -531,16 +531,23 @@ def make_eval_iterator(
     )
 
 
-def load_split_numpy(data_config: ml_collections.ConfigDict, split: str) -> dict[str, np.ndarray]:
-    """Loads a whole preprocessed split into memory, in file order (for small datasets).
+def load_split_numpy(
+    data_config: ml_collections.ConfigDict, split: str, max_examples: int | None = None
+) -> dict[str, np.ndarray]:
+    """Loads a whole preprocessed split into memory, in file order (for small datasets), or
+    only its first `max_examples` (only those are read).
 
     Returns:
       `{'image': float32 [N, *shape] in [-1, 1], 'label': int32 [N]}` (no `label` when the
       dataset has none).
     """
+    if max_examples is not None and max_examples < 1:
+        raise ValueError(f"max_examples={max_examples} must be >= 1 (or None: the whole split)")
     builder = get_builder(data_config)
     layout = make_layout(data_config, builder)
     dataset = _read_split(builder, split, layout)
+    if max_examples is not None:
+        dataset = dataset.take(max_examples)
     num_examples = _num_examples(dataset)
     if num_examples == 0:
         raise ValueError(f"Split {split!r} of {builder.info.full_name!r} is empty.")

@@ -147,7 +147,7 @@ def latent_statistics(
     tokenizer: FrozenTokenizer, data_config, split: str, max_examples: int
 ) -> dict[str, np.ndarray]:
     """Per-channel mean and std of the tokenizer's latents over (a prefix of) a split."""
-    images = pipeline.load_split_numpy(data_config, split)["image"][:max_examples]
+    images = pipeline.load_split_numpy(data_config, split, max_examples)["image"]
     latents = encode_all(tokenizer, images)
     axes = tuple(range(latents.ndim - 1))
     return {
