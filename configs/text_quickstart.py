@@ -12,6 +12,11 @@ copies of training statements, and the test NELBO in bits per token). Written:
 `<workdir>/samples.txt` (one decoded statement per line), `samples.{npz,json}` (token ids;
 settings, denoiser calls and scores), and the generator's metrics.jsonl (`split: "sample"`).
 
+The default 3,000 steps take minutes and teach the format more than the arithmetic; 30,000
+steps with the confidence sampler (`--config.stages.generator.training.total_steps=30000
+--config.stages.generator.sampling.sampler=confidence`, about 35 min on 2 cores) give 72 %
+correct statements (README, "Audio, video and text").
+
 With `objective=autoregressive` the stage trains the equally sized causal baseline instead
 (same data, model size, steps and batch; samples drawn token by token at temperature 1) and
 the scores are the same, its test figure being the exact NLL in bits per token.
