@@ -323,14 +323,17 @@ def _read_split(
     layout: Layout,
     *,
     shuffle_seed: int | None = None,
+    autocache: bool = True,
 ) -> tf.data.Dataset:
     """Reads raw examples of `split` (a name or TFDS sub-split), files shuffled iff a seed is set.
 
     Images are left encoded (`layout.decoders()`), so shuffle buffers hold compressed bytes and
-    skipped examples are never decoded.
+    skipped examples are never decoded. `autocache=False` stops TFDS from caching a small
+    dataset in memory (for reads of a prefix, which would leave the cache half filled).
     """
     decoders = layout.decoders()
     read_config = tfds.ReadConfig(
+        try_autocache=autocache,
         shuffle_seed=shuffle_seed,
         shuffle_reshuffle_each_iteration=True,
         # Ordered datasets (`disable_shuffling=True`, e.g. digits) refuse shuffled files unless
@@ -545,7 +548,7 @@ def load_split_numpy(
         raise ValueError(f"max_examples={max_examples} must be >= 1 (or None: the whole split)")
     builder = get_builder(data_config)
     layout = make_layout(data_config, builder)
-    dataset = _read_split(builder, split, layout)
+    dataset = _read_split(builder, split, layout, autocache=max_examples is None)
     if max_examples is not None:
         dataset = dataset.take(max_examples)
     num_examples = _num_examples(dataset)
