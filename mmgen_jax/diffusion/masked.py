@@ -366,18 +366,18 @@ def ancestral_sample(
         must_call = stale | jnp.asarray(not cache)
         log_probs = jax.lax.cond(must_call, denoise, lambda z_, t_: cached, z_t, t_now)
         calls = calls + must_call.astype(jnp.int32)
-        alpha_t = schedule.position_alpha(t_now, shape[1:])[..., None]  # [*S, 1]
-        alpha_s = schedule.position_alpha(s_next, shape[1:])[..., None]
-        # log P(leave the mask) and log P(stay masked) per position (-inf at s = 0); a
-        # position with alpha_t = 1 is clean already and its value is never used.
-        moving = alpha_t < 1.0
-        unmask = jnp.where(moving, jnp.log(alpha_s - alpha_t) - jnp.log1p(-alpha_t), 0.0)
-        stay = jnp.where(moving, jnp.log1p(-alpha_s) - jnp.log1p(-alpha_t), -jnp.inf)
-        ids = jnp.arange(log_probs.shape[-1])
+        alpha_t = schedule.position_alpha(t_now, shape[1:])  # [*S]
+        alpha_s = schedule.position_alpha(s_next, shape[1:])  # [*S]
         tokens = jax.nn.log_softmax(log_probs / temperature, axis=-1)  # mask id stays at -inf
         key = jax.random.fold_in(rng, index)
         if order == "random":
-            choice = jnp.where(ids == mask_id, stay, unmask + tokens)
+            # log P(leave the mask) and log P(stay masked) per position (-inf at s = 0); a
+            # position with alpha_t = 1 is clean already and its value is never used.
+            moving = alpha_t < 1.0
+            unmask = jnp.where(moving, jnp.log(alpha_s - alpha_t) - jnp.log1p(-alpha_t), 0.0)
+            stay = jnp.where(moving, jnp.log1p(-alpha_s) - jnp.log1p(-alpha_t), -jnp.inf)
+            ids = jnp.arange(log_probs.shape[-1])
+            choice = jnp.where(ids == mask_id, stay[..., None], unmask[..., None] + tokens)
             draw = jax.random.categorical(key, choice, axis=-1)
             z_next = jnp.where(z_t == mask_id, draw.astype(jnp.int32), z_t)
         else:
@@ -385,7 +385,7 @@ def ancestral_sample(
             confidence = jnp.take_along_axis(log_probs, draw[..., None], axis=-1)[..., 0]
             # Positions the schedule has fully revealed by s go first; positions it cannot
             # have revealed yet (alpha_s = alpha_1) stay masked.
-            alpha_s, alpha_1 = alpha_s[..., 0], schedule.alpha(jnp.float32(1.0))
+            alpha_1 = schedule.alpha(jnp.float32(1.0))
             confidence = jnp.where(alpha_s >= 1.0, jnp.inf, confidence)
             confidence = jnp.where(alpha_s <= alpha_1, _LAST, confidence)
             reveal = _most_confident(
