@@ -35,6 +35,9 @@ def get_config(arg: str | None = None):
         # Latent space: encode the training split once and train on those latents (saves the
         # encoder pass of every step; for datasets whose latents fit in memory).
         cache_latents=False,
+        # A VQ-VAE tokenizer decodes samples after snapping them to the nearest code (True) or
+        # feeds them to its decoder as they are (False).
+        snap_to_codes=True,
     )
     # 8x8 digits: patch 2 on pixels -> 16 tokens; patch 2 on the 4x4 latent grid -> 4 tokens of
     # 2x2x8 code-vector values (3x faster than patch 1 and better samples after 3000 steps).

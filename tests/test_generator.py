@@ -127,6 +127,38 @@ def test_latent_generator_round_trips_through_the_frozen_tokenizer(tokenizer_dir
     assert indices.shape == (3, 4, 4)
 
 
+def test_latent_samples_decode_without_snapping_when_asked(tokenizer_dir, data_dir):
+    config = _config("dit", f"space=latent,tokenizer={tokenizer_dir},runlocal=True", data_dir)
+    config.generator.snap_to_codes = False
+    objective = GeneratorObjective(config, {"shape": (8, 8, 1), "num_classes": 10})
+    state = {k: v for k, v in objective.frozen_variables().items()}
+    tokenizer = inference.load_trained(tokenizer_dir)
+    model, variables = tokenizer.objective.model, tokenizer.variables
+    x = np.random.default_rng(1).uniform(-1, 1, size=(2, 8, 8, 1)).astype(np.float32)
+    latents = np.asarray(objective.to_latent(state, x))
+    # Latents on the codes decode as the snapped ones do; between codes, as they are.
+    recon, _ = model.apply(variables, x)
+    np.testing.assert_allclose(
+        np.asarray(objective.to_signal(state, latents)),
+        np.clip(np.asarray(recon), -1, 1),
+        rtol=1e-4,
+        atol=1e-5,
+    )
+    between = latents + 0.5
+    norm = state["latent_norm"]
+    vectors = between * np.asarray(norm["std"]) + np.asarray(norm["mean"])
+    out = variables["params"]["quantizer"].get("out_proj")  # absent when code_dim = latent_dim
+    decoder_input = vectors if out is None else vectors @ out["kernel"] + out["bias"]
+    expected = model.apply(variables, decoder_input, method=VQVAE.decode)
+    decoded = np.asarray(objective.to_signal(state, between))
+    np.testing.assert_allclose(decoded, np.clip(np.asarray(expected), -1, 1), atol=1e-4)
+    snapped = GeneratorObjective(
+        _config("dit", f"space=latent,tokenizer={tokenizer_dir},runlocal=True", data_dir),
+        {"shape": (8, 8, 1), "num_classes": 10},
+    ).to_signal(state, between)
+    assert np.abs(np.asarray(snapped) - decoded).max() > 1e-3
+
+
 def test_cached_latents_are_the_encoded_training_split_and_train_alike(
     tokenizer_dir, data_dir, tmp_path
 ):

@@ -252,3 +252,37 @@ def test_code_vectors_snap_back_to_their_indices(quantizer):
     noisy = vectors + 1e-3 * np.random.default_rng(9).normal(size=vectors.shape)
     back = quantizer.apply(variables, noisy, method=type(quantizer).nearest_indices)
     np.testing.assert_array_equal(np.asarray(back), np.asarray(indices))
+
+
+@pytest.mark.parametrize(
+    "quantizer",
+    [
+        VectorQuantizer(num_codes=16, code_dim=3, input_dim=8),
+        FSQ((3, 4, 5), input_dim=8),
+        quantizers.ResidualVQ(num_stages=2, num_codes=8, code_dim=3, input_dim=8),
+    ],
+    ids=["vq", "fsq", "rvq"],
+)
+def test_project_codes_is_the_output_projection_without_snapping(quantizer):
+    z = np.random.default_rng(10).normal(size=(2, 5, 8)).astype(np.float32)
+    variables = _init(quantizer, z)
+    shape = (1, 6, 2) if isinstance(quantizer, quantizers.ResidualVQ) else (1, 6)
+    indices = jnp.asarray(np.random.default_rng(11).integers(0, 3, size=shape))
+    vectors = quantizer.apply(variables, indices, method=type(quantizer).code_vectors)
+    # On the codes themselves it is the lookup the decoder gets.
+    np.testing.assert_allclose(
+        np.asarray(quantizer.apply(variables, vectors, method=type(quantizer).project_codes)),
+        np.asarray(quantizer.apply(variables, indices, method=type(quantizer).indices_to_codes)),
+        rtol=1e-6,
+        atol=1e-6,
+    )
+    # Between codes it is the affine output projection of the vector as it is.
+    between = np.asarray(vectors) + 0.3
+    out = variables["params"]["out_proj"]
+    expected = between @ np.asarray(out["kernel"]) + np.asarray(out["bias"])
+    np.testing.assert_allclose(
+        np.asarray(quantizer.apply(variables, between, method=type(quantizer).project_codes)),
+        expected,
+        rtol=1e-5,
+        atol=1e-5,
+    )

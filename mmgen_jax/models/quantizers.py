@@ -180,15 +180,19 @@ class VectorQuantizer(nn.Module):
         if train and not self.is_initializing():
             self._update_state(flat, indices)
 
-        z_q = self.out_proj(z_q) if self._projected else z_q
+        z_q = self.project_codes(z_q)
         stats = {"codebook_loss": codebook_loss, "commitment_loss": commitment}
         stats.update(_usage_stats(indices, self.num_codes))
         return QuantizerOutput(z_q, indices.reshape(z.shape[:-1]), loss, stats)
 
     def indices_to_codes(self, indices: jnp.ndarray) -> jnp.ndarray:
         """Integer indices [B, *S] -> code vectors [B, *S, input_dim] (after the out projection)."""
-        codes = jnp.take(self.codebook, indices, axis=0)
-        return self.out_proj(codes) if self._projected else codes
+        return self.project_codes(jnp.take(self.codebook, indices, axis=0))
+
+    def project_codes(self, vectors: jnp.ndarray) -> jnp.ndarray:
+        """Code-space vectors [B, *S, code_dim] -> decoder input [B, *S, input_dim], as they are
+        (the output projection alone; no snapping to the codebook)."""
+        return self.out_proj(vectors) if self._projected else vectors
 
     def code_vectors(self, indices: jnp.ndarray) -> jnp.ndarray:
         """Integer indices [B, *S] -> codebook vectors [B, *S, code_dim] in the code space."""
@@ -337,13 +341,17 @@ class FSQ(nn.Module):
         codes = self.quantize(z.astype(jnp.float32))
         indices = self.codes_to_indices(codes)
         stats = _usage_stats(indices, self.num_codes)
-        z_q = self.out_proj(codes) if self._projected else codes
+        z_q = self.project_codes(codes)
         return QuantizerOutput(z_q, indices, jnp.zeros(()), stats)
 
     def indices_to_codes(self, indices: jnp.ndarray) -> jnp.ndarray:
         """Integer indices [B, *S] -> code vectors [B, *S, input_dim]."""
-        codes = self.indices_to_grid(indices)
-        return self.out_proj(codes) if self._projected else codes
+        return self.project_codes(self.indices_to_grid(indices))
+
+    def project_codes(self, vectors: jnp.ndarray) -> jnp.ndarray:
+        """Points [B, *S, len(levels)] -> decoder input [B, *S, input_dim], as they are (no
+        rounding to the grid)."""
+        return self.out_proj(vectors) if self._projected else vectors
 
     def code_vectors(self, indices: jnp.ndarray) -> jnp.ndarray:
         """Integer indices [B, *S] -> grid points [B, *S, len(levels)] in [-1, 1]."""
@@ -471,7 +479,7 @@ class ResidualVQ(nn.Module):
         keep = keep.astype(jnp.float32)[..., None]  # broadcasts against [B, *S, num_stages, d]
         quantized_sum = jnp.sum(codes * keep, axis=-2)  # [B, *S, d]
         z_q = z + jax.lax.stop_gradient(quantized_sum - z)  # straight-through over all stages
-        z_q = self.out_proj(z_q) if self._projected else z_q
+        z_q = self.project_codes(z_q)
         stats["batch_usage"] = jnp.mean(
             jnp.stack([stats[f"stage{s}_batch_usage"] for s in range(self.num_stages)])
         )
@@ -496,8 +504,12 @@ class ResidualVQ(nn.Module):
 
     def indices_to_codes(self, indices: jnp.ndarray, num_stages: int | None = None) -> jnp.ndarray:
         """Indices [B, *S, num_stages] -> decoder input [B, *S, input_dim]."""
-        codes = self.code_vectors(indices, num_stages)
-        return self.out_proj(codes) if self._projected else codes
+        return self.project_codes(self.code_vectors(indices, num_stages))
+
+    def project_codes(self, vectors: jnp.ndarray) -> jnp.ndarray:
+        """Summed code-space vectors [B, *S, code_dim] -> decoder input [B, *S, input_dim], as
+        they are (no snapping to the stages' codebooks)."""
+        return self.out_proj(vectors) if self._projected else vectors
 
     def nearest_indices(self, vectors: jnp.ndarray) -> jnp.ndarray:
         """Code-space vectors [B, *S, code_dim] -> greedy residual indices [B, *S, num_stages]."""

@@ -234,6 +234,10 @@ class VQVAE(nn.Module):
         """
         return self.quantizer.code_vectors(self.encode(x).indices)
 
-    def decode_code_vectors(self, vectors: jnp.ndarray) -> jnp.ndarray:
-        """Code-space vectors [B, *S/f, code_dim] -> signal, after snapping to the nearest code."""
-        return self.decode_indices(self.quantizer.nearest_indices(vectors))
+    def decode_code_vectors(self, vectors: jnp.ndarray, snap: bool = True) -> jnp.ndarray:
+        """Code-space vectors [B, *S/f, code_dim] -> signal, after snapping to the nearest code
+        (`snap=True`) or through the quantizer's output projection as they are (`snap=False`:
+        a generator's samples that fall between codes are decoded without rounding)."""
+        if snap:
+            return self.decode_indices(self.quantizer.nearest_indices(vectors))
+        return self.decoder(self.quantizer.project_codes(vectors))

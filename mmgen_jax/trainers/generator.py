@@ -6,7 +6,8 @@ Latent space (two-stage generation): a trained VQ-VAE (`generator.tokenizer_work
 restored once and frozen. Each training batch is encoded to the tokenizer's code-space vectors
 (the codebook entries, `[B, *S/f, code_dim]`), normalised per channel with a mean and standard
 deviation estimated from training data, and diffused. Samples are un-normalised, snapped to the
-nearest code and decoded back to signals. The frozen tokenizer's variables and the latent
+nearest code and decoded back to signals (`generator.snap_to_codes=False`: decoded as they are,
+through the quantizer's output projection). The frozen tokenizer's variables and the latent
 statistics are kept in the train state's `model_state` (never updated), so a generator
 checkpoint alone is enough to sample. A KL-autoencoder workdir (the SD VAE imported by
 `mmgen_jax.tools.import_sd_vae`) works the same way through `kl_tokenizer.FrozenKLAutoencoder`:
@@ -100,7 +101,7 @@ class FrozenTokenizer:
 
     latent_norm = None  # the generator estimates the latent statistics from data
 
-    def __init__(self, workdir: str):
+    def __init__(self, workdir: str, snap_to_codes: bool = True):
         if not workdir:
             raise ValueError("generator.space='latent' needs generator.tokenizer_workdir")
         trainer = inference.load_config(workdir).trainer
@@ -110,6 +111,7 @@ class FrozenTokenizer:
             )
         run = inference.load_trained(workdir)
         self.workdir = workdir
+        self.snap_to_codes = snap_to_codes
         self.model: VQVAE = run.objective.model
         self.variables = run.variables
         self.signal_shape = tuple(run.info["shape"])
@@ -120,19 +122,23 @@ class FrozenTokenizer:
         return jax.lax.stop_gradient(vectors)
 
     def decode(self, variables, vectors: jax.Array) -> jax.Array:
-        """Code-space vectors -> signals, snapping to the nearest code first."""
-        return self.model.apply(variables, vectors, method=VQVAE.decode_code_vectors)
+        """Code-space vectors -> signals, snapping to the nearest code first unless the
+        tokenizer was loaded with `snap_to_codes=False`."""
+        return self.model.apply(
+            variables, vectors, self.snap_to_codes, method=VQVAE.decode_code_vectors
+        )
 
     def latent_shape(self) -> tuple[int, ...]:
         x = jax.ShapeDtypeStruct((1, *self.signal_shape), jnp.float32)
         return tuple(jax.eval_shape(functools.partial(self.encode, self.variables), x).shape[1:])
 
 
-def load_frozen_tokenizer(workdir: str):
-    """The frozen tokenizer a workdir holds: an imported KL autoencoder or a trained VQ-VAE."""
+def load_frozen_tokenizer(workdir: str, snap_to_codes: bool = True):
+    """The frozen tokenizer a workdir holds: an imported KL autoencoder or a trained VQ-VAE
+    (whose decoding snaps latents to the nearest code unless `snap_to_codes=False`)."""
     if kl_tokenizer.is_kl_workdir(workdir):
         return kl_tokenizer.FrozenKLAutoencoder(workdir)
-    return FrozenTokenizer(workdir)
+    return FrozenTokenizer(workdir, snap_to_codes)
 
 
 def encode_all(tokenizer, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
@@ -177,7 +183,9 @@ class GeneratorObjective:
         self.tokenizer = None
         self.latent_stats = None
         if self.space == "latent":
-            self.tokenizer = load_frozen_tokenizer(generator.tokenizer_workdir)
+            self.tokenizer = load_frozen_tokenizer(
+                generator.tokenizer_workdir, bool(generator.get("snap_to_codes", True))
+            )
             if self.tokenizer.signal_shape != self.signal_shape:
                 raise ValueError(
                     f"the tokenizer in {generator.tokenizer_workdir!r} takes signals of shape "
