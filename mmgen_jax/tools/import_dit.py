@@ -317,6 +317,7 @@ def generator_config(
         class_conditional=True,
         stats_examples=0,
         cache_latents=False,
+        snap_to_codes=True,  # unused: a KL autoencoder has no codebook
     )
     config.model = dict(
         patch_size=model_args["patch_size"],
