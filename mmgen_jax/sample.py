@@ -2,12 +2,14 @@
 
   python -m mmgen_jax.sample --workdir DIR --num_samples 100 --cfg_scale 2 --sampler ddim \
       --steps 50 [--labels 0,1,2 | --labels balanced] [--seed 0] [--eta 0] [--cfg_channels 3]
-      [--classifier_workdir CLS_DIR]
+      [--classifier_workdir CLS_DIR] [--snap_to_codes true|false]
 
 Writes `DIR/samples/<tag>.png` (a grid of images; `<tag>.gif` for video, `<tag>_<i>.wav` for
 audio, `<tag>.txt` with one decoded sample per line for text), `<tag>.npz` (`samples` in
 [-1, 1] or token ids, `labels`) and `<tag>.json` with every sampler setting, so a picture is
 never separated from how it was made.
+`--snap_to_codes` overrides, for a generator in a VQ-VAE's latent space, whether samples are
+snapped to the nearest code before decoding (the run's `generator.snap_to_codes` otherwise).
 With `--classifier_workdir`, also scores the samples (class accuracy, digits-FD against the
 test split) and appends them to `DIR/metrics.jsonl` with `split: "sample"`.
 """
@@ -24,6 +26,7 @@ import numpy as np
 
 from mmgen_jax import inference, xla_flags
 from mmgen_jax.metrics import MetricWriter, present
+from mmgen_jax.trainers.generator import GeneratorObjective
 
 
 def parse_labels(spec: str | None, num_samples: int, num_classes: int) -> np.ndarray | None:
@@ -44,6 +47,17 @@ def generate(workdir: str, args) -> tuple[np.ndarray, np.ndarray | None, dict, d
     run = inference.load_trained(workdir)
     objective, variables = run.objective, dict(run.variables)
     labels = parse_labels(args.labels, args.num_samples, objective.num_classes)
+    # Only a Gaussian generator over a VQ-VAE's code vectors can snap (a masked generator's
+    # samples are code indices already; a KL autoencoder has no codebook).
+    tokenizer = getattr(objective, "tokenizer", None)
+    snappable = isinstance(objective, GeneratorObjective) and hasattr(tokenizer, "snap_to_codes")
+    if args.snap_to_codes is not None:
+        if not snappable:
+            raise ValueError(
+                f"--snap_to_codes {args.snap_to_codes} given, but {workdir!r} does not generate "
+                "in a VQ-VAE's latent space"
+            )
+        tokenizer.snap_to_codes = args.snap_to_codes == "true"
     settings = objective.sampling_settings(
         args.sampler, args.steps, args.cfg_scale, args.eta, args.cfg_channels
     )
@@ -63,6 +77,8 @@ def generate(workdir: str, args) -> tuple[np.ndarray, np.ndarray | None, dict, d
         )
     settings.update(seed=args.seed, num_samples=args.num_samples, workdir=workdir, step=run.step)
     settings.update(space=objective.space)
+    if snappable:
+        settings.update(snap_to_codes=tokenizer.snap_to_codes)
     if getattr(objective, "last_num_calls", None) is not None:
         settings.update(model_calls=objective.last_num_calls)  # denoiser calls, last batch
     return np.concatenate(samples), labels, settings, run.info
@@ -87,6 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch_size", type=int, default=500)
     parser.add_argument("--tag", default=None, help="file name stem (default from settings)")
     parser.add_argument("--classifier_workdir", default=None)
+    parser.add_argument("--snap_to_codes", choices=("true", "false"), default=None)
     args = parser.parse_args(argv)
     xla_flags.configure_for_cpu()
     try:

@@ -156,11 +156,34 @@ def test_latent_samples_decode_without_snapping_when_asked(tokenizer_dir, data_d
     assert np.abs(np.clip(np.asarray(snapped), -1, 1) - decoded).max() > 1e-3
 
 
-def test_cached_latents_are_the_encoded_training_split_and_train_alike(
-    tokenizer_dir, data_dir, tmp_path
-):
+def _cached_config(tokenizer_dir, data_dir):
     config = _config("dit", f"space=latent,tokenizer={tokenizer_dir},runlocal=True", data_dir)
     config.generator.cache_latents = True
+    return config
+
+
+@pytest.fixture(scope="module")
+def cached_run(tokenizer_dir, data_dir, tmp_path_factory):
+    """A 10-step latent generator trained on cached latents: its workdir and the batch keys its
+    training step saw."""
+    path = tmp_path_factory.mktemp("cached")
+    seen = set()
+
+    class Recording(GeneratorObjective):
+        def loss(self, params, model_state, batch, rng):
+            seen.update(batch)  # at trace time
+            return super().loss(params, model_state, batch, rng)
+
+    config = _cached_config(tokenizer_dir, data_dir)
+    config.training.total_steps = 10
+    loop.train_and_evaluate(config, str(path), Recording)
+    return path, seen
+
+
+def test_cached_latents_are_the_encoded_training_split_and_train_alike(
+    tokenizer_dir, data_dir, cached_run
+):
+    config = _cached_config(tokenizer_dir, data_dir)
     objective = GeneratorObjective(config, {"shape": (8, 8, 1), "num_classes": 10})
     cached = objective.training_arrays()
     split = pipeline.load_split_numpy(config.data, config.data.train_split)
@@ -184,23 +207,40 @@ def test_cached_latents_are_the_encoded_training_split_and_train_alike(
     )
     np.testing.assert_allclose(float(from_cache), float(from_images), rtol=1e-5)
     # A run's training batches are the cached latents (no image reaches the training step).
-    seen = set()
-
-    class Recording(GeneratorObjective):
-        def loss(self, params, model_state, batch, rng):
-            seen.update(batch)  # at trace time
-            return super().loss(params, model_state, batch, rng)
-
-    config.training.total_steps = 10
-    loop.train_and_evaluate(config, str(tmp_path), Recording)
+    path, seen = cached_run
     assert seen == {"latent", "label"}
-    records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    records = [json.loads(line) for line in open(path / "metrics.jsonl")]
     train = [r for r in records if r["split"] == "train"]
     assert train[-1]["step"] == 10 and train[-1]["loss"] < train[0]["loss"]
     pixel = _config("dit", "runlocal=True", data_dir)
     pixel.generator.cache_latents = True
     with pytest.raises(ValueError, match="cache_latents needs space='latent'"):
         GeneratorObjective(pixel, {"shape": (8, 8, 1), "num_classes": 10})
+
+
+def test_sample_cli_overrides_snapping_of_latent_samples(cached_run, pixel_dir):
+    workdir = str(cached_run[0])
+    common = ["--workdir", workdir, "--num_samples", "4", "--steps", "3", "--cfg_scale", "1"]
+    out = {}
+    for snap in ("true", "false"):
+        sample.main(common + ["--snap_to_codes", snap, "--tag", snap])
+        settings = json.load(open(os.path.join(workdir, "samples", f"{snap}.json")))
+        assert settings["snap_to_codes"] is (snap == "true")
+        out[snap] = np.load(os.path.join(workdir, "samples", f"{snap}.npz"))["samples"]
+    # Each equals the objective's own sampling with the tokenizer snapping (or not).
+    run = inference.load_trained(workdir)
+    variables = dict(run.variables)
+    params = variables.pop("params")
+    rng = jax.random.fold_in(jax.random.PRNGKey(0), 0)  # the CLI's key for its first batch
+    for snap in ("true", "false"):
+        run.objective.tokenizer.snap_to_codes = snap == "true"
+        expected = run.objective.sample(
+            params, variables, np.arange(4), rng, num_samples=4, steps=3, cfg_scale=1.0
+        )
+        np.testing.assert_allclose(out[snap], np.asarray(expected), atol=1e-5)
+    assert np.abs(out["true"] - out["false"]).max() > 1e-3
+    with pytest.raises(SystemExit, match="does not generate in a VQ-VAE's latent space"):
+        sample.main(["--workdir", pixel_dir, "--num_samples", "2", "--snap_to_codes", "false"])
 
 
 def test_latent_generator_bad_tokenizer_workdirs(data_dir, tmp_path, pixel_dir):

@@ -385,7 +385,9 @@ class GeneratorObjective:
         """
         settings = self.sampling_settings(sampler, steps, cfg_scale, eta, cfg_channels)
         self.check_sampling_request(labels, settings["cfg_scale"], num_samples)
-        key = (*settings.values(), num_samples)
+        # The tokenizer's snapping is traced into the sampler's decoding, so it is part of the key.
+        snap = getattr(self.tokenizer, "snap_to_codes", None)
+        key = (*settings.values(), num_samples, snap)
         if key not in self._samplers:
             self._samplers[key] = jax.jit(self.sampling_function(num_samples, **settings))
         y = None if labels is None else jnp.asarray(labels, jnp.int32)
