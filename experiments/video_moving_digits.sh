@@ -2,7 +2,7 @@
 # The video recipe on the offline moving digits: 3-D VQ-VAE tokenizer -> digits classifier ->
 # class-conditional latent DiT -> 20 clips per digit -> moving_digits score, then the figures.
 #
-#   bash experiments/video_moving_digits.sh [OUT_DIR]
+#   bash experiments/video_moving_digits.sh [OUT_DIR] [extra --config.* overrides...]
 #
 # Writes OUT_DIR/run/ (the staged run: tokenizer/, classifier/ and generator/ workdirs with
 # metrics.jsonl, TensorBoard, reconstruction and sample GIFs, checkpoints; samples.gif,
@@ -12,10 +12,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-runs/video_moving_digits}"
+shift || true
 mkdir -p "$out"
 
 start=$(date +%s)
-python -m mmgen_jax.main --config=configs/video_quickstart.py --workdir="$out/run"
+python -m mmgen_jax.main --config=configs/video_quickstart.py --workdir="$out/run" "$@"
 echo "recipe wall time: $(( $(date +%s) - start )) s" | tee "$out/summary.txt"
 
 python - "$out/run" <<'PY' | tee -a "$out/summary.txt"
